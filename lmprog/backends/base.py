@@ -1,0 +1,142 @@
+"""The backend contract: capabilities as plain flags, and a few async methods.
+
+The executor lowers every primitive by these flags alone; a backend never sees program
+structure, only requests. Anything a backend cannot honour is refused by `check` before a
+request is sent (`UnsupportedFeatureError`), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.constraints import Constraint
+from lmprog.errors import UnsupportedFeatureError
+from lmprog.ir import SamplingParams
+from lmprog.templates import ChatTemplate
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. Constraint kinds it enforces are listed by name."""
+
+    constraints: frozenset[str] = frozenset()  # of "regex", "json_schema", "choices", "grammar"
+    grammar_syntaxes: frozenset[str] = frozenset()  # of "gbnf", "lark"
+    choices_methods: frozenset[str] = frozenset()  # ChoicesMethod.name values it can score
+    images: bool = False
+    streaming: bool = True
+    logprobs: bool = False
+    prefix_cache: bool = False
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    data: bytes = field(repr=False)
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One completion: the whole prompt text so far, how to sample, what to enforce."""
+
+    prompt: str
+    sampling: SamplingParams
+    constraint: Constraint | None = None
+    images: tuple[ImagePart, ...] = ()
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+
+
+@dataclass
+class Generation:
+    """What came back: text plus whatever accounting the engine reported."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TextCallback = Callable[[str], None]
+
+
+class Backend(abc.ABC):
+    """Base of every backend. Subclasses set `name` and `capabilities` and implement the
+    async methods; `check` and the template lookup come for free."""
+
+    name: str = "backend"
+    capabilities: Capabilities = Capabilities()
+    image_marker: str = ""  # text the engine expects where an image sits in the prompt
+    default_concurrency: int = 64  # programs run_batch keeps in flight unless told otherwise
+    _template: ChatTemplate | None = None
+
+    @abc.abstractmethod
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        """Complete `request.prompt`. With `on_text`, stream: call it with each new piece."""
+
+    async def score_choices(
+        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        """Token logprobs of each choice as a continuation of `prompt`."""
+        raise UnsupportedFeatureError(self.name, "score select choices")
+
+    async def chat_template(self) -> ChatTemplate:
+        """The template that turns roles into text (the model's own unless overridden)."""
+        if self._template is None:
+            self._template = await self._load_chat_template()
+        return self._template
+
+    def cached_chat_template(self) -> ChatTemplate | None:
+        return self._template
+
+    @abc.abstractmethod
+    async def _load_chat_template(self) -> ChatTemplate:
+        """Find the model's chat template (called once)."""
+
+    async def aclose(self) -> None:
+        """Release connections; the backend may be used again afterwards."""
+
+    def check_constraint(self, constraint: Constraint | None) -> None:
+        if constraint is None:
+            return
+        if constraint.kind not in self.capabilities.constraints:
+            raise UnsupportedFeatureError(
+                self.name,
+                f"enforce a {constraint.kind} constraint ({constraint.description})",
+                "use a backend that enforces it, such as lp.LlamaCpp or lp.Local",
+            )
+        if (
+            constraint.kind == "grammar"
+            and constraint.grammar_syntax not in self.capabilities.grammar_syntaxes
+        ):
+            raise UnsupportedFeatureError(
+                self.name,
+                f"enforce a {constraint.grammar_syntax.upper()} grammar",
+                f"write it as {' or '.join(sorted(self.capabilities.grammar_syntaxes)) or '-'}",
+            )
+
+    def check_choices_method(self, method: ChoicesMethod) -> None:
+        if method.name not in self.capabilities.choices_methods:
+            raise UnsupportedFeatureError(self.name, f"score select() with {method!r}")
+
+    def check_tools(self) -> None:
+        raise UnsupportedFeatureError(
+            self.name, "let the model call tools", "use lp.OpenAI with a tool-calling model"
+        )
+
+    def check_images(self) -> None:
+        if not self.capabilities.images:
+            raise UnsupportedFeatureError(
+                self.name, "take images", "start the server with a multimodal projector (mmproj)"
+            )
+
+    def __repr__(self) -> str:
+        return f"<lmprog {self.name}>"

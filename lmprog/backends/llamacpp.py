@@ -1,0 +1,235 @@
+"""lp.LlamaCpp: llama.cpp's `llama-server`, on its native `/completion` API.
+
+Programs are sent as text with `cache_prompt`, so a program's successive calls reuse the slot's
+prefix cache. `regex` (which the server ignores) is translated to the GBNF grammar it enforces;
+`json_schema`/`type` use its JSON-schema support; `select` forces each choice with a literal
+grammar and reads the token logprobs of the forced tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from lmprog.backends.base import (
+    Backend,
+    Capabilities,
+    GenerateRequest,
+    Generation,
+    TextCallback,
+)
+from lmprog.backends.http import JsonClient
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.constraints import Constraint
+from lmprog.errors import BackendResponseError, UnsupportedFeatureError
+from lmprog.gbnf import choices_to_gbnf, literal_to_gbnf, regex_to_gbnf
+from lmprog.templates import ChatTemplate
+
+_FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": None}
+
+
+class LlamaCpp(Backend):
+    """A llama.cpp `llama-server` (start one with backends/llamacpp/; see its README).
+
+    chat_template: a built-in name ("gemma3", "chatml"), Jinja source, or a ChatTemplate;
+    by default the one the server reports in `/props`.
+    """
+
+    capabilities = Capabilities(
+        constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
+        grammar_syntaxes=frozenset({"gbnf"}),
+        choices_methods=frozenset(
+            {"token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"}
+        ),
+        images=True,
+        streaming=True,
+        logprobs=True,
+        prefix_cache=True,
+    )
+    image_marker = "<__media__>"
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        chat_template: str | ChatTemplate | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.name = f"lp.LlamaCpp({self.url!r})"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = JsonClient(self.url, "llama-server", timeout, headers)
+        self._template_choice = chat_template
+        self._props: dict[str, Any] | None = None
+        self._props_lock: asyncio.Lock | None = None
+
+    async def props(self) -> dict[str, Any]:
+        """The server's `/props` (model, slots, chat template, modalities), fetched once."""
+        if self._props is None:
+            self._props_lock = self._props_lock or asyncio.Lock()
+            async with self._props_lock:
+                if self._props is None:
+                    self._props = await self._http.get("/props")
+        return self._props
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        choice = self._template_choice
+        if isinstance(choice, ChatTemplate):
+            return choice
+        if isinstance(choice, str):
+            if "{" not in choice:
+                return ChatTemplate.builtin(choice)
+            return ChatTemplate(choice, name="given")
+        props = await self.props()
+        source = props.get("chat_template")
+        if not source:
+            raise UnsupportedFeatureError(
+                self.name,
+                "render roles: the server reports no chat template",
+                "pass chat_template= (e.g. 'gemma3' or 'chatml') or start the server with "
+                "--chat-template-file",
+            )
+        # The server puts BOS in front of a text prompt itself, so the template must not.
+        return ChatTemplate(source, eos_token=props.get("eos_token", ""), name="server")
+
+    # ----- generation ---------------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        body = await self._body(request)
+        if on_text is None:
+            return self._generation(await self._http.post("/completion", body))
+        body["stream"] = True
+        pieces: list[str] = []
+        final: dict[str, Any] = {}
+        async for event in self._http.stream_events("/completion", body):
+            piece = event.get("content", "")
+            if piece:
+                pieces.append(piece)
+                on_text(piece)
+            if event.get("stop"):
+                final = event
+        final["content"] = "".join(pieces)
+        return self._generation(final)
+
+    async def _body(self, request: GenerateRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "n_predict": sampling.max_new_tokens if sampling.max_new_tokens is not None else -1,
+            "cache_prompt": True,
+        }
+        optional = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "seed": sampling.seed,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+            "ignore_eos": sampling.ignore_eos,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.min_tokens:
+            raise UnsupportedFeatureError(self.name, "honour min_tokens", "drop min_tokens=")
+        if sampling.stop_token_ids:
+            raise UnsupportedFeatureError(
+                self.name, "stop on token ids", "use stop= with the token's text"
+            )
+        if request.constraint is not None:
+            body.update(_constraint_fields(request.constraint))
+        if request.return_logprob or request.top_logprobs_num:
+            body["n_probs"] = max(request.top_logprobs_num, 1)
+        if request.images:
+            props = await self.props()
+            if not props.get("modalities", {}).get("vision"):
+                raise UnsupportedFeatureError(
+                    self.name,
+                    "take images: its model has no vision projector",
+                    "start llama-server with --mmproj",
+                )
+            body["prompt"] = {
+                "prompt_string": request.prompt,
+                "multimodal_data": [base64.b64encode(i.data).decode() for i in request.images],
+            }
+        return body
+
+    def _generation(self, data: dict[str, Any]) -> Generation:
+        if not isinstance(data, dict) or "content" not in data:
+            raise BackendResponseError(f"llama-server sent an unexpected body: {str(data)[:200]}")
+        timings = data.get("timings") or {}
+        prompt_n = timings.get("prompt_n")
+        cached = timings.get("cache_n")
+        probabilities = data.get("completion_probabilities")
+        return Generation(
+            text=data["content"],
+            finish_reason=_FINISH.get(data.get("stop_type", "none"), data.get("stop_type")),
+            prompt_tokens=(prompt_n + cached) if prompt_n is not None and cached is not None
+            else data.get("tokens_evaluated"),
+            completion_tokens=data.get("tokens_predicted"),
+            cached_tokens=cached,
+            logprobs=probabilities,
+            extra={"stopping_word": data.get("stopping_word") or None},
+        )
+
+    # ----- select -------------------------------------------------------------------------
+
+    async def score_choices(
+        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        """Force each choice after the prompt with a literal grammar and read its tokens'
+        logprobs. Choices go one after another so they share the slot holding the prompt."""
+        scored = []
+        for choice in choices:
+            tokens, logprobs = await self._forced(prompt, choice)
+            unconditional = None
+            if method.requires_unconditional_logprobs:
+                unconditional = await self._forced_tokens("", tokens)
+            scored.append(ChoiceLogprobs(choice, logprobs, tokens, unconditional))
+        return scored
+
+    async def _forced(self, prompt: str, text: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        body = {
+            "prompt": prompt,
+            "grammar": literal_to_gbnf(text),
+            "n_predict": len(text.encode()) + 8,
+            "temperature": 0.0,
+            "n_probs": 1,
+            "cache_prompt": True,
+        }
+        data = await self._http.post("/completion", body)
+        probabilities = data.get("completion_probabilities") or []
+        if data.get("content") != text or len(probabilities) == 0:
+            raise BackendResponseError(
+                f"llama-server did not reproduce the choice {text!r} when forced "
+                f"(got {data.get('content')!r})"
+            )
+        return (
+            tuple(p["token"] for p in probabilities),
+            tuple(float(p["logprob"]) for p in probabilities),
+        )
+
+    async def _forced_tokens(self, prompt: str, tokens: tuple[str, ...]) -> tuple[float, ...]:
+        _, logprobs = await self._forced(prompt, "".join(tokens))
+        return logprobs
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _constraint_fields(constraint: Constraint) -> dict[str, Any]:
+    if constraint.kind == "regex":
+        assert constraint.pattern is not None
+        return {"grammar": regex_to_gbnf(constraint.pattern)}
+    if constraint.kind == "choices":
+        return {"grammar": choices_to_gbnf(constraint.choices)}
+    if constraint.kind == "json_schema":
+        return {"json_schema": json.loads(json.dumps(constraint.schema))}
+    assert constraint.grammar is not None
+    return {"grammar": constraint.grammar}

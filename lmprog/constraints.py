@@ -1,0 +1,232 @@
+"""Every way to constrain a gen, reduced to one `Constraint` value.
+
+`regex=`, `json_schema=`, `type=`, `choices=`, `grammar=` and `dtype=` are validated here, when
+`lp.gen(...)` is called, so a bad pattern fails before any request. Parsing generated text into
+typed values also happens only here (`Constraint.parse`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import jsonschema
+import pydantic
+
+from lmprog.errors import ConstraintError
+
+ConstraintKind = Literal["regex", "json_schema", "choices", "grammar"]
+
+INT_REGEX = r"-?(0|[1-9][0-9]{0,17})"
+FLOAT_REGEX = r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?"
+BOOL_REGEX = r"(true|false|True|False)"
+
+_DTYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+@dataclass(frozen=True, eq=False)
+class Constraint:
+    """What a gen's output must be, and how to turn the text into a Python value.
+
+    kind: "regex" (pattern), "json_schema" (schema), "choices" (choices) or "grammar"
+    (grammar text, `grammar_syntax` "gbnf" or "lark"). `python_type` is the type the value is
+    parsed into (None: the text itself).
+    """
+
+    kind: ConstraintKind
+    pattern: str | None = None
+    schema: dict[str, Any] | None = None
+    choices: tuple[str, ...] = ()
+    grammar: str | None = None
+    python_type: Any = None
+    description: str = ""
+    _adapter: pydantic.TypeAdapter[Any] | None = field(default=None, repr=False)
+
+    @cached_property
+    def _compiled(self) -> re.Pattern[str]:
+        assert self.pattern is not None
+        return re.compile(self.pattern)
+
+    @property
+    def grammar_syntax(self) -> Literal["gbnf", "lark"]:
+        """GBNF/EBNF grammars write rules as `name ::= ...`; Lark writes `name: ...`."""
+        return "gbnf" if self.grammar is not None and "::=" in self.grammar else "lark"
+
+    def parse(self, text: str) -> Any:
+        """Check `text` against the constraint and return the typed value; ConstraintError if not."""
+        if self.kind == "regex" and not self._compiled.fullmatch(text):
+            raise ConstraintError(f"output {text!r} does not match {self.description}")
+        if self.kind == "choices" and text not in self.choices:
+            raise ConstraintError(f"output {text!r} is not one of {list(self.choices)}")
+        if self.kind == "json_schema":
+            return self._parse_json(text)
+        return _convert(text, self.python_type)
+
+    def _parse_json(self, text: str) -> Any:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConstraintError(f"output is not valid JSON ({exc}): {text[:200]!r}") from exc
+        assert self.schema is not None
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(self.schema).iter_errors(data)
+        )
+        if error is not None:
+            raise ConstraintError(f"output violates the JSON schema: {error.message}")
+        if self._adapter is None:
+            return data
+        try:
+            return self._adapter.validate_python(data)
+        except pydantic.ValidationError as exc:
+            raise ConstraintError(f"output does not validate as {self.description}: {exc}") from exc
+
+
+def _convert(text: str, python_type: Any) -> Any:
+    if python_type is None or python_type is str:
+        return text
+    if python_type is bool:
+        return text.lower() == "true"
+    if python_type in (int, float):
+        return python_type(text)
+    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
+        return next(member for member in python_type if str(member.value) == text)
+    return text  # Literal[...] of strings
+
+
+def make_constraint(
+    *,
+    regex: str | None = None,
+    json_schema: dict[str, Any] | str | None = None,
+    type: Any = None,
+    choices: typing.Sequence[str] | None = None,
+    grammar: str | None = None,
+    dtype: Any = None,
+) -> Constraint | None:
+    """Validate the constraint arguments of `gen` and fold them into one Constraint (or None)."""
+    given = [
+        name
+        for name, value in (
+            ("regex", regex),
+            ("json_schema", json_schema),
+            ("type", type),
+            ("choices", choices),
+            ("grammar", grammar),
+            ("dtype", dtype),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConstraintError(f"give at most one constraint, got {', '.join(given)}")
+    if regex is not None:
+        return regex_constraint(regex)
+    if json_schema is not None:
+        return schema_constraint(json_schema)
+    if choices is not None:
+        return choices_constraint(choices)
+    if grammar is not None:
+        if not isinstance(grammar, str) or not grammar.strip():
+            raise ConstraintError("grammar= must be a non-empty grammar text")
+        return Constraint(kind="grammar", grammar=grammar, description="the grammar")
+    if dtype is not None:
+        type = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if type not in (int, float, str, bool):
+            raise ConstraintError(f"dtype= must be int, float, str or bool, got {dtype!r}")
+    if type is not None:
+        return type_constraint(type)
+    return None
+
+
+def regex_constraint(pattern: str, python_type: Any = None) -> Constraint:
+    if not isinstance(pattern, str):
+        raise ConstraintError(f"regex= must be a string, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConstraintError(f"invalid regex {pattern!r}: {exc}") from exc
+    return Constraint(
+        kind="regex", pattern=pattern, python_type=python_type, description=f"regex {pattern!r}"
+    )
+
+
+def schema_constraint(
+    schema: dict[str, Any] | str, adapter: pydantic.TypeAdapter[Any] | None = None
+) -> Constraint:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ConstraintError(f"json_schema= is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise ConstraintError(f"json_schema= must be a JSON object, got {schema!r}")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ConstraintError(f"invalid JSON schema: {exc.message}") from exc
+    title = schema.get("title", "")
+    return Constraint(
+        kind="json_schema",
+        schema=schema,
+        _adapter=adapter,
+        description=f"JSON schema {title}".strip(),
+    )
+
+
+def choices_constraint(choices: typing.Sequence[str], python_type: Any = None) -> Constraint:
+    if isinstance(choices, str) or not all(isinstance(c, str) for c in choices):
+        raise ConstraintError(f"choices must be a list of strings, got {choices!r}")
+    if not choices:
+        raise ConstraintError("choices must not be empty")
+    if len(set(choices)) != len(choices):
+        raise ConstraintError(f"choices must be distinct, got {list(choices)!r}")
+    return Constraint(
+        kind="choices",
+        choices=tuple(choices),
+        python_type=python_type,
+        description=f"one of {list(choices)}",
+    )
+
+
+def type_constraint(python_type: Any) -> Constraint | None:
+    """int/float/bool become regexes; str is free text; Literal/Enum become choices;
+    pydantic models and list/dict containers become JSON schemas validated by pydantic."""
+    if python_type is str:
+        return None
+    if python_type is bool:
+        return regex_constraint(BOOL_REGEX, bool)
+    if python_type is int:
+        return regex_constraint(INT_REGEX, int)
+    if python_type is float:
+        return regex_constraint(FLOAT_REGEX, float)
+    if typing.get_origin(python_type) is Literal:
+        values = typing.get_args(python_type)
+        if not all(isinstance(v, str) for v in values):
+            return _json_type(python_type)
+        return choices_constraint(list(values), python_type)
+    if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
+        return choices_constraint([str(m.value) for m in python_type], python_type)
+    return _json_type(python_type)
+
+
+def _json_type(python_type: Any) -> Constraint:
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(python_type)
+        schema = adapter.json_schema()
+    except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError, TypeError) as exc:
+        raise ConstraintError(
+            f"type={python_type!r} is not supported: use a pydantic model, int, float, bool, "
+            "str, Literal, Enum, or list/dict of those"
+        ) from exc
+    constraint = schema_constraint(schema, adapter)
+    name = getattr(python_type, "__name__", repr(python_type))
+    return Constraint(
+        kind="json_schema",
+        schema=constraint.schema,
+        python_type=python_type,
+        _adapter=adapter,
+        description=f"type {name}",
+    )

@@ -1,0 +1,463 @@
+"""Runs one program state's primitives, in order, against a backend, on the background loop.
+
+`submit` appends to the log and returns at once (after checking the backend can honour the
+primitive); a worker task runs the log in order. Every named value has a future, so a reader
+waits only for the primitive that produces it. A fork's branches start from a snapshot taken
+when the parent's log reaches the fork point, and run as tasks of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
+from lmprog.errors import LmprogError, ProgramError
+from lmprog.ir import (
+    Gen,
+    Image,
+    Node,
+    RoleBegin,
+    RoleEnd,
+    SamplingParams,
+    Select,
+    Text,
+    VarScopeBegin,
+    VarScopeEnd,
+    flatten,
+)
+
+ChunkKind = Literal["text", "role", "gen"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of the state's text: who made it, and which variables it belongs to."""
+
+    text: str
+    kind: ChunkKind
+    names: tuple[str, ...] = ()
+
+
+@dataclass
+class _Snapshot:
+    chunks: list[Chunk]
+    variables: dict[str, Any]
+    meta: dict[str, dict[str, Any]]
+    messages: list[dict[str, Any]]
+    role: str | None
+    role_start: int
+    role_parts: list[dict[str, Any]]
+    images: list[ImagePart]
+    scopes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _ForkPoint(Node):
+    snapshot: asyncio.Future[_Snapshot] = field(compare=False)
+
+
+DEFAULT_SAMPLING = SamplingParams(max_new_tokens=128)
+
+
+class Execution:
+    """The running log of one program state (a program, or one branch of a fork)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        program: str,
+        defaults: SamplingParams,
+        *,
+        stream: bool = False,
+        fork_of: asyncio.Future[_Snapshot] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.program = program
+        self.defaults = defaults.merged_over(DEFAULT_SAMPLING)
+        self.stream = stream
+        self.chunks: list[Chunk] = []
+        self.variables: dict[str, Any] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.error: ProgramError | None = None
+        self.children: list[Execution] = []
+        self._role: str | None = None
+        self._role_start = 0
+        self._role_parts: list[dict[str, Any]] = []
+        self._images: list[ImagePart] = []
+        self._scopes: dict[str, int] = {}
+        self._text_len = 0
+        self._pending: deque[Node] = deque()
+        self._futures: dict[str, asyncio.Future[Any]] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._changed = asyncio.Event()
+        self._fork_of = fork_of
+        self.finished = False
+        if fork_of is not None:
+            self._ensure_worker()
+
+    # ----- submitting -------------------------------------------------------------------
+
+    def submit(self, node: Node) -> None:
+        """Check and enqueue `node`; raises ProgramError at once if the backend can't run it."""
+        for primitive in flatten(node):
+            try:
+                self._check(primitive)
+            except LmprogError as exc:
+                raise ProgramError(self.program, describe(primitive), exc) from exc
+            name = _produces(primitive)
+            if name is not None:
+                self._futures[name] = asyncio.get_running_loop().create_future()
+            self._pending.append(primitive)
+        self._ensure_worker()
+
+    def _check(self, node: Node) -> None:
+        if isinstance(node, Gen):
+            self.backend.check_constraint(node.constraint)
+            if node.tools:
+                self.backend.check_tools()
+        elif isinstance(node, Select):
+            self.backend.check_choices_method(node.method)
+        elif isinstance(node, Image):
+            self.backend.check_images()
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None and (self._pending or self._fork_of is not None):
+            self._idle.clear()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def fork_point(self) -> asyncio.Future[_Snapshot]:
+        """A future snapshot of this state once everything submitted so far has run."""
+        future: asyncio.Future[_Snapshot] = asyncio.get_running_loop().create_future()
+        self._pending.append(_ForkPoint(future))
+        self._ensure_worker()
+        return future
+
+    # ----- reading ----------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        return "".join(chunk.text for chunk in self.chunks)
+
+    async def get(self, name: str) -> Any:
+        future = self._futures.get(name)
+        if future is not None:
+            return await asyncio.shield(future)
+        if name in self.variables:
+            return self.variables[name]
+        if self.error is not None:
+            raise self.error
+        known = ", ".join(sorted(self.variables)) or "none yet"
+        raise KeyError(f"program {self.program!r} has no variable {name!r} (known: {known})")
+
+    def set(self, name: str, value: Any) -> None:
+        self.variables[name] = value
+        future = self._futures.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def has(self, name: str) -> bool:
+        return name in self.variables or name in self._futures
+
+    def has_pending(self, name: str) -> bool:
+        return name in self._futures
+
+    async def wait_idle(self, with_children: bool = False) -> None:
+        await self._idle.wait()
+        if with_children:
+            for child in list(self.children):
+                await child.wait_idle(with_children=True)
+
+    async def changed(self) -> None:
+        """Wait until a chunk is added or the state finishes."""
+        await self._changed.wait()
+
+    def mark_finished(self) -> None:
+        self.finished = True
+        self._notify()
+
+    def fail(self, primitive: str, exc: BaseException) -> ProgramError:
+        """Record the first failure, drop what is queued, and fail every waiting reader."""
+        error = exc if isinstance(exc, ProgramError) else ProgramError(self.program, primitive, exc)
+        if self.error is None:
+            self.error = error
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(self.error)
+                future.exception()  # read now, so asyncio never logs it as unretrieved
+        self._futures.clear()
+        for node in self._pending:
+            if isinstance(node, _ForkPoint) and not node.snapshot.done():
+                node.snapshot.set_exception(self.error)
+                node.snapshot.exception()
+        self._pending.clear()
+        self._notify()
+        return self.error
+
+    # ----- running ----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        node: Node | None = None
+        try:
+            if self._fork_of is not None:
+                fork_of, self._fork_of = self._fork_of, None
+                self._restore(await fork_of)
+            while self._pending:
+                node = self._pending.popleft()
+                await self._run(node)
+                self._resolve(node)
+        except asyncio.CancelledError as exc:
+            self.fail(describe(node) if node else "start", exc)
+            raise
+        except Exception as exc:
+            self.fail(describe(node) if node else "fork", exc)
+        finally:
+            self._worker = None
+            self._idle.set()
+            self._notify()
+
+    def _resolve(self, node: Node) -> None:
+        name = _produces(node)
+        if name is None:
+            return
+        future = self._futures.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(self.variables.get(name))
+
+    async def _run(self, node: Node) -> None:
+        if isinstance(node, Text):
+            self._append(node.text, "text")
+        elif isinstance(node, Gen):
+            await self._gen(node)
+        elif isinstance(node, Select):
+            await self._select(node)
+        elif isinstance(node, RoleBegin):
+            await self._role_begin(node)
+        elif isinstance(node, RoleEnd):
+            await self._role_end(node)
+        elif isinstance(node, Image):
+            self._image(node)
+        elif isinstance(node, VarScopeBegin):
+            self._scopes[node.name] = self._text_len
+        elif isinstance(node, VarScopeEnd):
+            start = self._scopes.pop(node.name, None)
+            if start is None:
+                raise LmprogError(f"var_scope {node.name!r} ended without beginning")
+            self.variables[node.name] = self.text[start:]
+        elif isinstance(node, _ForkPoint):
+            node.snapshot.set_result(self._snapshot())
+        else:
+            raise TypeError(f"unknown primitive {node!r}")
+
+    def _append(self, text: str, kind: ChunkKind, name: str | None = None) -> None:
+        if not text:
+            return
+        names = (name, *self._scopes) if name else tuple(self._scopes)
+        self.chunks.append(Chunk(text, kind, names))
+        self._text_len += len(text)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _role_begin(self, node: RoleBegin) -> None:
+        if self._role is not None:
+            raise LmprogError(f"{node.role} turn opened inside an open {self._role} turn")
+        template = await self.backend.chat_template()
+        begin, _ = template.role_markers(node.role)
+        self._append(begin, "role")
+        self._role, self._role_start, self._role_parts = node.role, self._text_len, []
+
+    async def _role_end(self, node: RoleEnd) -> None:
+        if self._role != node.role:
+            raise LmprogError(f"{node.role} turn closed but the open turn is {self._role}")
+        template = await self.backend.chat_template()
+        _, end = template.role_markers(node.role)
+        tail = self.text[self._role_start :]
+        if self._role_parts:
+            text_part = [{"type": "text", "text": tail}] if tail else []
+            self.messages.append({"role": node.role, "content": [*self._role_parts, *text_part]})
+        else:
+            self.messages.append({"role": node.role, "content": tail})
+        self._append(end, "role")
+        self._role = None
+
+    def _image(self, node: Image) -> None:
+        if self._role != "user":
+            raise LmprogError("lp.image() must be inside a user turn")
+        before = self.text[self._role_start :]
+        if before:
+            self._role_parts.append({"type": "text", "text": before})
+        self._role_parts.append(
+            {"type": "image", "mime_type": node.mime_type, "source": node.source}
+        )
+        self._images.append(ImagePart(node.data, node.mime_type))
+        self._append(self.backend.image_marker, "text")
+        self._role_start = self._text_len  # the marker is the backend's, not message text
+
+    def _request(self, sampling: SamplingParams, **fields: Any) -> GenerateRequest:
+        stop = sampling.stop or ()
+        if self._role is not None:
+            template_end = self._end_marker()
+            if template_end and template_end not in stop:
+                stop = (*stop, template_end)
+        return GenerateRequest(
+            prompt=self.text,
+            sampling=SamplingParams(**{**sampling.__dict__, "stop": stop or None}),
+            images=tuple(self._images),
+            **fields,
+        )
+
+    def _end_marker(self) -> str:
+        template = self.backend.cached_chat_template()
+        if template is None or self._role is None:
+            return ""
+        return template.role_markers(self._role)[1].strip()
+
+    async def _gen(self, node: Gen) -> None:
+        sampling = node.sampling.merged_over(self.defaults)
+        request = self._request(
+            sampling,
+            constraint=node.constraint,
+            return_logprob=node.return_logprob,
+            top_logprobs_num=node.top_logprobs_num,
+        )
+        started = time.perf_counter()
+        if node.n > 1:
+            generations = await asyncio.gather(
+                *(self.backend.generate(_reseeded(request, i)) for i in range(node.n))
+            )
+            values = [self._parse(node, g) for g in generations]
+            self._append(generations[0].text, "gen", node.name)
+            value: Any = values
+            generation = generations[0]
+        else:
+            streamed: list[str] = []
+
+            def on_text(piece: str) -> None:
+                streamed.append(piece)
+                self._append(piece, "gen", node.name)
+
+            generation = await self.backend.generate(request, on_text if self.stream else None)
+            value = self._parse(node, generation)
+            if streamed:
+                _check_stream(streamed, generation)
+            else:
+                self._append(generation.text, "gen", node.name)
+        if node.name is not None:
+            self.variables[node.name] = value
+            self.meta[node.name] = _meta(generation, time.perf_counter() - started)
+
+    def _parse(self, node: Gen, generation: Generation) -> Any:
+        if node.constraint is None:
+            return generation.text
+        return node.constraint.parse(generation.text)
+
+    async def _select(self, node: Select) -> None:
+        started = time.perf_counter()
+        scored = await self.backend.score_choices(self.text, node.choices, node.method)
+        index = node.method.decide(scored, node.temperature)
+        choice = node.choices[index]
+        self._append(choice, "gen", node.name)
+        if node.name is not None:
+            value = choice
+            if node.python_type is not None:
+                from lmprog.constraints import choices_constraint
+
+                value = choices_constraint(node.choices, node.python_type).parse(choice)
+            self.variables[node.name] = value
+            self.meta[node.name] = {
+                **node.method.meta_info(scored),
+                "latency_s": time.perf_counter() - started,
+            }
+
+    # ----- forks ------------------------------------------------------------------------
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(
+            chunks=[Chunk(self.text, "text")] if self.chunks else [],
+            variables=dict(self.variables),
+            meta=dict(self.meta),
+            messages=list(self.messages),
+            role=self._role,
+            role_start=self._role_start,
+            role_parts=list(self._role_parts),
+            images=list(self._images),
+            scopes=dict(self._scopes),
+        )
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        """Start from the parent's state at the fork point (copies: branches share nothing)."""
+        self.chunks = list(snapshot.chunks)
+        self._text_len = sum(len(c.text) for c in snapshot.chunks)
+        self.variables.update(snapshot.variables)
+        self.meta.update(snapshot.meta)
+        self.messages = list(snapshot.messages)
+        self._role = snapshot.role
+        self._role_start = snapshot.role_start
+        self._role_parts = list(snapshot.role_parts)
+        self._images = list(snapshot.images)
+        self._scopes = dict(snapshot.scopes)
+        self._notify()
+
+
+def describe(node: Node | None) -> str:
+    """How a primitive is named in errors: `gen('answer')`, `select('tool')`, `user turn`..."""
+    if isinstance(node, (Gen, Select)):
+        return node.describe()
+    if isinstance(node, Text):
+        return "text"
+    if isinstance(node, (RoleBegin, RoleEnd)):
+        return f"{node.role} turn"
+    if isinstance(node, Image):
+        return f"image({node.source!r})"
+    if isinstance(node, (VarScopeBegin, VarScopeEnd)):
+        return f"var_scope({node.name!r})"
+    if isinstance(node, _ForkPoint):
+        return "fork"
+    return "program"
+
+
+def _produces(node: Node) -> str | None:
+    if isinstance(node, (Gen, Select)):
+        return node.name
+    if isinstance(node, VarScopeEnd):
+        return node.name
+    return None
+
+
+def _reseeded(request: GenerateRequest, index: int) -> GenerateRequest:
+    seed = request.sampling.seed
+    sampling = SamplingParams(
+        **{**request.sampling.__dict__, "seed": None if seed is None else seed + index}
+    )
+    return GenerateRequest(**{**request.__dict__, "sampling": sampling})
+
+
+def _check_stream(pieces: list[str], generation: Generation) -> None:
+    streamed = "".join(pieces)
+    if streamed != generation.text:
+        raise LmprogError(
+            f"the backend streamed {streamed[:80]!r} but returned {generation.text[:80]!r}"
+        )
+
+
+def _meta(generation: Generation, latency: float) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "finish_reason": generation.finish_reason,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "cached_tokens": generation.cached_tokens,
+        "latency_s": latency,
+    }
+    if generation.logprobs is not None:
+        meta["output_token_logprobs"] = generation.logprobs
+    meta.update(generation.extra)
+    return meta

@@ -1,0 +1,153 @@
+"""Immutable primitive nodes: what `s += ...` appends to a program's log.
+
+Nodes are plain values. `+` concatenates them into a `Concat`; the executor flattens and runs
+them in order. They hold no reference to a backend, so one node can serve many programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union
+
+from lmprog.constraints import Constraint
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; None means "not set here", so layers (gen > run > function) merge."""
+
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    min_tokens: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    ignore_eos: bool | None = None
+
+    def merged_over(self, defaults: SamplingParams) -> SamplingParams:
+        """These settings, with `defaults` filling whatever is unset."""
+        values = {
+            f.name: getattr(self, f.name)
+            if getattr(self, f.name) is not None
+            else getattr(defaults, f.name)
+            for f in fields(self)
+        }
+        return SamplingParams(**values)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
+        stop = kwargs.pop("stop", None)
+        stop_ids = kwargs.pop("stop_token_ids", None)
+        return cls(
+            stop=(stop,) if isinstance(stop, str) else (tuple(stop) if stop is not None else None),
+            stop_token_ids=tuple(stop_ids) if stop_ids is not None else None,
+            **kwargs,
+        )
+
+
+SAMPLING_NAMES = frozenset(f.name for f in fields(SamplingParams))
+
+
+class Node:
+    """Base of every primitive; supports `+` with strings and other nodes."""
+
+    def __add__(self, other: Node | str) -> Concat:
+        return Concat((*_parts(self), *_parts(as_node(other))))
+
+    def __radd__(self, other: Node | str) -> Concat:
+        return Concat((*_parts(as_node(other)), *_parts(self)))
+
+
+def _parts(node: Node) -> tuple[Node, ...]:
+    return node.parts if isinstance(node, Concat) else (node,)
+
+
+def as_node(value: Node | str) -> Node:
+    if isinstance(value, Node):
+        return value
+    if isinstance(value, str):
+        return Text(value)
+    raise TypeError(
+        f"cannot append {type(value).__name__} to a program state; append a str or an lmprog "
+        "primitive (lp.gen, lp.select, lp.user, ...)"
+    )
+
+
+@dataclass(frozen=True)
+class Concat(Node):
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Text(Node):
+    text: str
+
+
+@dataclass(frozen=True)
+class RoleBegin(Node):
+    role: Role
+
+
+@dataclass(frozen=True)
+class RoleEnd(Node):
+    role: Role
+
+
+@dataclass(frozen=True)
+class Gen(Node):
+    name: str | None
+    sampling: SamplingParams
+    constraint: Constraint | None = None
+    n: int = 1
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    tools: tuple[Callable[..., Any] | dict[str, Any], ...] = ()
+
+    def describe(self) -> str:
+        return f"gen({self.name!r})" if self.name else "gen()"
+
+
+@dataclass(frozen=True)
+class Select(Node):
+    name: str | None
+    choices: tuple[str, ...]
+    method: Any  # a ChoicesMethod; typed loosely to keep ir free of scoring code
+    temperature: float = 0.0
+    python_type: Any = None
+
+    def describe(self) -> str:
+        return f"select({self.name!r})" if self.name else "select()"
+
+
+@dataclass(frozen=True)
+class Image(Node):
+    """An image for the current user turn: raw bytes plus a MIME type."""
+
+    data: bytes = field(repr=False)
+    mime_type: str
+    source: str
+
+
+@dataclass(frozen=True)
+class VarScopeBegin(Node):
+    name: str
+
+
+@dataclass(frozen=True)
+class VarScopeEnd(Node):
+    name: str
+
+
+Primitive = Union[Text, RoleBegin, RoleEnd, Gen, Select, Image, VarScopeBegin, VarScopeEnd]
+
+
+def flatten(node: Node) -> Sequence[Node]:
+    return node.parts if isinstance(node, Concat) else (node,)

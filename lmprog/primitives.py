@@ -1,0 +1,210 @@
+"""The functions programs append with `s += ...`: gen, select, roles, images.
+
+Each validates its arguments at once (a bad regex raises here, in the program body, before any
+request) and returns an immutable node from ir.py.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lmprog.choices import ChoicesMethod, token_length_normalized
+from lmprog.constraints import Constraint, choices_constraint, make_constraint
+from lmprog.errors import ConstraintError
+from lmprog.ir import (
+    Gen,
+    Image,
+    Node,
+    Role,
+    RoleBegin,
+    RoleEnd,
+    SamplingParams,
+    Select,
+    as_node,
+)
+
+
+def gen(
+    name: str | None = None,
+    max_tokens: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    min_p: float | None = None,
+    min_tokens: int | None = None,
+    n: int = 1,
+    regex: str | None = None,
+    json_schema: dict[str, Any] | str | None = None,
+    type: Any = None,
+    choices: Sequence[str] | None = None,
+    grammar: str | None = None,
+    dtype: Any = None,
+    return_logprob: bool = False,
+    top_logprobs_num: int = 0,
+    ignore_eos: bool = False,
+    tools: Sequence[Callable[..., Any] | dict[str, Any]] | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    seed: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Node:
+    """Generate text into variable `name`. Unset sampling values come from `run(...)`,
+    then `@lp.function(...)`, then lmprog's defaults (128 new tokens)."""
+    if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
+        return select(name, choices, temperature=temperature or 0.0)
+    constraint = make_constraint(
+        regex=regex, json_schema=json_schema, type=type, choices=choices, grammar=grammar,
+        dtype=dtype,
+    )
+    if n < 1:
+        raise ValueError(f"gen(n=...) must be at least 1, got {n}")
+    limit = max_tokens if max_tokens is not None else max_new_tokens
+    if limit is not None and limit < 0:
+        raise ValueError(f"gen(max_tokens=...) must not be negative, got {limit}")
+    sampling = SamplingParams.from_kwargs(
+        max_new_tokens=limit,
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        min_tokens=min_tokens,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        seed=seed,
+        ignore_eos=ignore_eos or None,
+    )
+    return Gen(
+        name=name,
+        sampling=sampling,
+        constraint=constraint,
+        n=n,
+        return_logprob=return_logprob,
+        top_logprobs_num=top_logprobs_num,
+        tools=tuple(tools or ()),
+    )
+
+
+def gen_int(name: str | None = None, **kwargs: Any) -> Node:
+    """An integer (SGLang's spelling of `gen(name, type=int)`)."""
+    return gen(name, type=int, **kwargs)
+
+
+def gen_string(name: str | None = None, **kwargs: Any) -> Node:
+    """Free text (SGLang's spelling of `gen(name, type=str)`)."""
+    return gen(name, type=str, **kwargs)
+
+
+def select(
+    name: str | None = None,
+    choices: Sequence[str] | type | None = None,
+    choices_method: ChoicesMethod = token_length_normalized,
+    temperature: float = 0.0,
+) -> Node:
+    """Pick one of `choices` by the model's likelihood of each (see lp.token_length_normalized,
+    lp.greedy_token_selection, lp.unconditional_likelihood_normalized)."""
+    if choices is None:
+        raise ConstraintError("select() needs choices")
+    constraint: Constraint | None
+    if isinstance(choices, (list, tuple)):
+        constraint = choices_constraint(list(choices))
+    else:
+        constraint = make_constraint(type=choices)
+        if constraint is None or constraint.kind != "choices":
+            raise ConstraintError(f"select() choices must be strings, a Literal or an Enum: {choices!r}")
+    if not isinstance(choices_method, ChoicesMethod):
+        raise TypeError(f"choices_method must be one of lp's choices methods, got {choices_method!r}")
+    return Select(
+        name=name,
+        choices=constraint.choices,
+        method=choices_method,
+        temperature=temperature,
+        python_type=constraint.python_type,
+    )
+
+
+def _role(role: Role, content: Node | str | None) -> Node:
+    if content is None:
+        return RoleBegin(role) + RoleEnd(role)
+    return RoleBegin(role) + as_node(content) + RoleEnd(role)
+
+
+def system(content: Node | str | None = None) -> Node:
+    return _role("system", content)
+
+
+def user(content: Node | str | None = None) -> Node:
+    return _role("user", content)
+
+
+def assistant(content: Node | str | None = None) -> Node:
+    return _role("assistant", content)
+
+
+def system_begin() -> Node:
+    return RoleBegin("system")
+
+
+def system_end() -> Node:
+    return RoleEnd("system")
+
+
+def user_begin() -> Node:
+    return RoleBegin("user")
+
+
+def user_end() -> Node:
+    return RoleEnd("user")
+
+
+def assistant_begin() -> Node:
+    return RoleBegin("assistant")
+
+
+def assistant_end() -> Node:
+    return RoleEnd("assistant")
+
+
+def image(source: str | os.PathLike[str] | bytes) -> Node:
+    """An image for the current user turn, from a path, an http(s) URL, a data URL or bytes.
+
+    The bytes are read here, once, so a missing file fails in the program body at this line.
+    """
+    if isinstance(source, bytes):
+        return Image(source, _sniff(source), "<bytes>")
+    text = os.fspath(source)
+    if text.startswith(("http://", "https://")):
+        response = httpx.get(text, follow_redirects=True, timeout=30)
+        response.raise_for_status()
+        return Image(response.content, response.headers.get("content-type", "image/png"), text)
+    if text.startswith("data:"):
+        import base64
+
+        header, _, payload = text.partition(",")
+        return Image(base64.b64decode(payload), header[5:].split(";")[0], "data URL")
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"lp.image(): no file at {text!r}")
+    mime = mimetypes.guess_type(path.name)[0] or _sniff(path.read_bytes()[:16])
+    return Image(path.read_bytes(), mime, path.name)
+
+
+def _sniff(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(b"GIF8"):
+        return "image/gif"
+    return "application/octet-stream"

@@ -1,0 +1,293 @@
+"""`@lp.function` and Program: run, run_batch, arun, arun_batch, bind.
+
+A program's body runs in a greenlet on lmprog's loop (see runtime.py), so a batch of ten
+thousand programs is ten thousand greenlets and tasks, bounded by `max_concurrency`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+from tqdm.auto import tqdm
+
+from lmprog import runtime
+from lmprog.backends.base import Backend
+from lmprog.errors import LmprogError, ProgramError
+from lmprog.executor import Execution
+from lmprog.ir import SAMPLING_NAMES, SamplingParams
+from lmprog.state import ProgramState, _await_on_loop
+
+_default_backend: Backend | None = None
+
+BatchItem = dict[str, Any] | Sequence[Any]
+
+
+def set_default_backend(backend: Backend | None) -> None:
+    """The backend programs use when `backend=` is not given."""
+    global _default_backend
+    _default_backend = backend
+
+
+def get_default_backend() -> Backend | None:
+    return _default_backend
+
+
+class BatchError(LmprogError):
+    """Raised by run_batch(return_exceptions=False); `.states` keeps every result."""
+
+    def __init__(self, states: list[ProgramState], errors: list[ProgramError]) -> None:
+        self.states = states
+        self.errors = errors
+        super().__init__(f"{len(errors)} of {len(states)} programs failed; first: {errors[0]}")
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during run_batch: `.states` holds every program (finished ones complete)."""
+
+    def __init__(self, states: list[ProgramState | None]) -> None:
+        self.states = states
+        done = sum(1 for s in states if s is not None and s._execution.finished)
+        super().__init__(f"batch interrupted; {done} of {len(states)} programs had finished")
+
+
+class Program:
+    """A program: a function whose first parameter is the state `s`."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        defaults: SamplingParams | None = None,
+        bound: dict[str, Any] | None = None,
+    ) -> None:
+        self.func = func
+        self.name = getattr(func, "__name__", "program")
+        self.defaults = defaults or SamplingParams()
+        self.bound = bound or {}
+        parameters = list(inspect.signature(func).parameters)
+        if not parameters:
+            raise TypeError(f"program {self.name!r} must take the state `s` as first parameter")
+        self._own_params = set(parameters[1:])
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def bind(self, **kwargs: Any) -> Program:
+        """A new program with these arguments fixed."""
+        return Program(self.func, self.defaults, {**self.bound, **kwargs})
+
+    # ----- single runs ------------------------------------------------------------------
+
+    def run(
+        self, *args: Any, backend: Backend | None = None, stream: bool = False, **kwargs: Any
+    ) -> ProgramState:
+        """Run the program; returns its state when done (at once with stream=True).
+
+        A failure does not raise here: it is on `state.error()`, and reading a value that
+        failed raises it.
+        """
+        state: ProgramState = runtime.wait(self._launch(args, kwargs, backend, stream))
+        if not stream:
+            state._wait_done()
+        return state
+
+    __call__ = run
+
+    async def arun(
+        self, *args: Any, backend: Backend | None = None, stream: bool = False, **kwargs: Any
+    ) -> ProgramState:
+        """`run` for asyncio code and notebooks."""
+
+        async def go() -> ProgramState:
+            state = await self._launch(args, kwargs, backend, stream)
+            if not stream:
+                assert state._done is not None
+                await state._done
+            return state
+
+        result: ProgramState = await _await_on_loop(go())
+        return result
+
+    # ----- batches ----------------------------------------------------------------------
+
+    def run_batch(
+        self,
+        batch: Sequence[BatchItem],
+        backend: Backend | None = None,
+        max_concurrency: int | None = None,
+        progress_bar: bool = False,
+        return_exceptions: bool = True,
+        num_threads: int | str | None = None,
+        **sampling: Any,
+    ) -> list[ProgramState]:
+        """Run the program once per item (a dict of kwargs or a tuple of args), concurrently.
+
+        Results come back in input order; a failed program's state carries its error. On Ctrl-C
+        in-flight programs are cancelled and `BatchInterrupted.states` keeps what finished.
+        """
+        slots: list[ProgramState | None] = [None] * len(batch)
+        future = runtime.submit(
+            self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
+        )
+        try:
+            runtime.result_of(future)
+        except KeyboardInterrupt:
+            future.cancel()
+            runtime.submit(asyncio.sleep(0.05)).result(timeout=5)
+            raise BatchInterrupted(slots) from None
+        return _finish_batch(slots, return_exceptions)
+
+    async def arun_batch(
+        self,
+        batch: Sequence[BatchItem],
+        backend: Backend | None = None,
+        max_concurrency: int | None = None,
+        progress_bar: bool = False,
+        return_exceptions: bool = True,
+        num_threads: int | str | None = None,
+        **sampling: Any,
+    ) -> list[ProgramState]:
+        """`run_batch` for asyncio code and notebooks."""
+        slots: list[ProgramState | None] = [None] * len(batch)
+        await _await_on_loop(
+            self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
+        )
+        return _finish_batch(slots, return_exceptions)
+
+    async def _batch(
+        self,
+        batch: Sequence[BatchItem],
+        slots: list[ProgramState | None],
+        backend: Backend | None,
+        max_concurrency: int | None,
+        num_threads: int | str | None,
+        progress_bar: bool,
+        sampling: dict[str, Any],
+    ) -> None:
+        chosen = _resolve_backend(backend)
+        if max_concurrency is None and isinstance(num_threads, int):
+            max_concurrency = num_threads
+        limit = asyncio.Semaphore(max_concurrency or chosen.default_concurrency)
+        bar = tqdm(total=len(batch), desc=self.name, unit="prog") if progress_bar else None
+        failed = 0
+
+        async def one(index: int, item: BatchItem) -> None:
+            nonlocal failed
+            args, kwargs = _split_item(item)
+            async with limit:
+                state = await self._launch(args, {**sampling, **kwargs}, chosen, False)
+                slots[index] = state
+                assert state._done is not None
+                await state._done
+            if bar is not None:
+                failed += state._execution.error is not None
+                bar.update(1)
+                if failed:
+                    bar.set_postfix(failed=failed)
+
+        try:
+            await asyncio.gather(*(one(i, item) for i, item in enumerate(batch)))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # ----- the core -----------------------------------------------------------------------
+
+    async def _launch(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        backend: Backend | None,
+        stream: bool,
+    ) -> ProgramState:
+        """Start the program on the loop; its state's `_done` completes when it ends."""
+        program_kwargs = {**self.bound}
+        sampling: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in SAMPLING_NAMES and key not in self._own_params:
+                sampling[key] = value
+            else:
+                program_kwargs[key] = value
+        defaults = SamplingParams.from_kwargs(**sampling).merged_over(self.defaults)
+        execution = Execution(_resolve_backend(backend), self.name, defaults, stream=stream)
+        state = ProgramState(execution)
+        state._done = asyncio.get_running_loop().create_task(
+            self._drive(state, tuple(args), program_kwargs)
+        )
+        return state
+
+    async def _drive(
+        self, state: ProgramState, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        execution = state._execution
+        try:
+            state._ret_value = await runtime.run_body(lambda s: self.func(s, *args, **kwargs), state)
+            await execution.wait_idle(with_children=True)
+        except asyncio.CancelledError as exc:
+            execution.fail("program", exc)
+            raise
+        except Exception as exc:
+            execution.fail("the program function", exc)
+        finally:
+            execution.mark_finished()
+
+    def __repr__(self) -> str:
+        return f"<lmprog program {self.name!r}>"
+
+
+def _resolve_backend(backend: Backend | None) -> Backend:
+    chosen = backend or _default_backend
+    if chosen is None:
+        raise LmprogError(
+            "no backend: pass backend=... or call lp.set_default_backend(...) first "
+            "(e.g. lp.LlamaCpp('http://127.0.0.1:8080'))"
+        )
+    return chosen
+
+
+def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:
+    if isinstance(item, dict):
+        return (), item
+    if isinstance(item, (tuple, list)):
+        return item, {}
+    raise TypeError(f"a batch item must be a dict of kwargs or a tuple of args, got {item!r}")
+
+
+def _finish_batch(
+    slots: list[ProgramState | None], return_exceptions: bool
+) -> list[ProgramState]:
+    states = [s for s in slots if s is not None]
+    assert len(states) == len(slots), "every program of a finished batch has a state"
+    errors = [s._execution.error for s in states if s._execution.error is not None]
+    if errors and not return_exceptions:
+        raise BatchError(states, errors)
+    return states
+
+
+@overload
+def function(func: Callable[..., Any], /) -> Program: ...
+@overload
+def function(
+    func: None = None, /, **defaults: Any
+) -> Callable[[Callable[..., Any]], Program]: ...
+
+
+def function(
+    func: Callable[..., Any] | None = None, /, **defaults: Any
+) -> Program | Callable[[Callable[..., Any]], Program]:
+    """Turn `def f(s, ...)` (or `async def`) into a program. `@lp.function(temperature=0)`
+    sets sampling defaults for every gen in it."""
+    defaults.pop("num_api_spec_tokens", None)  # SGLang's API speculation; one request per gen here
+    unknown = set(defaults) - SAMPLING_NAMES
+    if unknown:
+        raise TypeError(
+            f"@lp.function got unknown defaults {sorted(unknown)}; "
+            f"it accepts {sorted(SAMPLING_NAMES)}"
+        )
+    sampling = SamplingParams.from_kwargs(**defaults)
+
+    def wrap(f: Callable[..., Any]) -> Program:
+        return Program(f, sampling)
+
+    return wrap(func) if func is not None else wrap

@@ -1,0 +1,283 @@
+"""ProgramState and ForkGroup: the user's view of one running program.
+
+Every method here is a thin, thread-safe face over an `Execution` living on the background loop:
+mutations hop onto the loop, reads wait (by suspending a program body's greenlet, or blocking a
+plain thread) only for what they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from lmprog import runtime
+from lmprog.errors import ProgramError
+from lmprog.executor import Chunk, Execution
+from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _on_loop(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the loop thread (where Execution lives) and return its result."""
+    if runtime.on_loop_thread():
+        return fn()
+    return runtime.wait(_call(fn))
+
+
+class ProgramState:
+    """One program's text, variables and metadata, filled in as its primitives run."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+        self._done: asyncio.Future[Any] | None = None
+        self._ret_value: Any = None
+
+    # ----- appending --------------------------------------------------------------------
+
+    def __iadd__(self, other: Node | str) -> ProgramState:
+        if other is None:
+            raise TypeError("cannot append None to a program state")
+        node = as_node(other)
+        _on_loop(lambda: self._execution.submit(node))
+        return self
+
+    @contextmanager
+    def _role(self, role: Role) -> Iterator[ProgramState]:
+        self += RoleBegin(role)
+        yield self
+        self += RoleEnd(role)
+
+    def system(self) -> Any:
+        """`with s.system(): s += ...` writes a system turn."""
+        return self._role("system")
+
+    def user(self) -> Any:
+        return self._role("user")
+
+    def assistant(self) -> Any:
+        return self._role("assistant")
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[ProgramState]:
+        """The text appended inside becomes variable `name`."""
+        self += VarScopeBegin(name)
+        yield self
+        self += VarScopeEnd(name)
+
+    # ----- values -----------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        return runtime.wait(self._execution.get(name))
+
+    async def aget(self, name: str) -> Any:
+        """`s[name]` for async code outside a program body."""
+        return await _await_on_loop(self._execution.get(name))
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _on_loop(lambda: self._execution.set(name, value))
+
+    def __contains__(self, name: str) -> bool:
+        return bool(_on_loop(lambda: self._execution.has(name)))
+
+    def get_var(self, name: str) -> Any:
+        return self[name]
+
+    def set_var(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def get_meta_info(self, name: str) -> dict[str, Any]:
+        """Token counts, finish reason, latency, cache hits and (if asked) logprobs of a value."""
+        self[name]
+        return dict(self._execution.meta.get(name, {}))
+
+    def text(self) -> str:
+        """The whole text so far, once everything appended has run."""
+        self.sync()
+        return self._execution.text
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation as OpenAI-style messages (roles written so far)."""
+        self.sync()
+        return [dict(m) for m in self._execution.messages]
+
+    def sync(self) -> None:
+        """Wait until everything appended so far has run."""
+        runtime.wait(self._execution.wait_idle())
+
+    def error(self) -> ProgramError | None:
+        """The error that stopped the program, if any (waits for the program to end)."""
+        self._wait_done()
+        return self._execution.error
+
+    @property
+    def ret_value(self) -> Any:
+        """What the program function returned (waits for the program to end)."""
+        self._wait_done()
+        return self._ret_value
+
+    def _wait_done(self) -> None:
+        if self._done is not None and not runtime.in_program_body():
+            runtime.wait(_settled(self._done))
+        else:
+            self.sync()
+
+    # ----- forks ------------------------------------------------------------------------
+
+    def fork(self, size: int = 1) -> ForkGroup:
+        """`size` branches that share this state's text so far and run concurrently."""
+        if size < 1:
+            raise ValueError("fork size must be at least 1")
+
+        def make() -> list[ProgramState]:
+            snapshot = self._execution.fork_point()
+            parent = self._execution
+            branches = []
+            for _ in range(size):
+                child = Execution(
+                    parent.backend,
+                    parent.program,
+                    parent.defaults,
+                    stream=parent.stream,
+                    fork_of=snapshot,
+                )
+                parent.children.append(child)
+                branches.append(ProgramState(child))
+            return branches
+
+        return ForkGroup(_on_loop(make), self)
+
+    def copy(self) -> ProgramState:
+        """A one-way fork: `with s.copy() as c:` works on `c` without touching `s`."""
+        return self.fork(1)[0]
+
+    def __enter__(self) -> ProgramState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    # ----- streaming --------------------------------------------------------------------
+
+    def text_iter(self, var: str | None = None) -> Iterator[str]:
+        """Yield text as it is produced (only `var`'s text if given); pieces add up to the text."""
+        return runtime.iterate(lambda: self._chunks(var))
+
+    async def text_async_iter(
+        self, var: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """`text_iter` for async code. With `return_meta_data`, yields (piece, meta) pairs."""
+        chunks = self._chunks(var)
+        while True:
+            try:
+                piece = await _await_on_loop(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+            if return_meta_data:
+                meta = self._execution.meta.get(var, {}) if var else {}
+                yield piece, dict(meta)
+            else:
+                yield piece
+
+    async def _chunks(self, var: str | None) -> AsyncIterator[str]:
+        execution = self._execution
+        index = 0
+        while True:
+            chunks: list[Chunk] = execution.chunks
+            while index < len(chunks):
+                chunk = chunks[index]
+                index += 1
+                if var is None or var in chunk.names:
+                    yield chunk.text
+            if self._finished(var):
+                return
+            await execution.changed()
+
+    def _finished(self, var: str | None) -> bool:
+        execution = self._execution
+        if execution.error is not None or execution.finished:
+            return True
+        return var is not None and var in execution.variables and not execution.has_pending(var)
+
+    # ----- display ----------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        execution = self._execution
+        status = "failed" if execution.error else ("done" if execution.finished else "running")
+        text = execution.text
+        shown = text if len(text) <= 60 else text[:28] + " ... " + text[-27:]
+        return f"<ProgramState {execution.program!r} {status}: {shown!r}>"
+
+
+async def _await_on_loop(awaitable: Any) -> Any:
+    """Await something living on lmprog's loop from whatever loop the caller runs."""
+    loop = runtime.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return await awaitable
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_identity(awaitable), loop))
+
+
+async def _settled(task: asyncio.Future[Any]) -> None:
+    """Wait for a program's task without letting a cancelled waiter cancel the program."""
+    await asyncio.wait({task})
+
+
+async def _identity(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class ForkGroup:
+    """The branches of `s.fork(n)`."""
+
+    def __init__(self, states: list[ProgramState], parent: ProgramState) -> None:
+        self.states = states
+        self._parent = parent
+
+    def __getitem__(self, index: int) -> ProgramState:
+        return self.states[index]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __iadd__(self, other: Node | str | Callable[[int], Node | str]) -> ForkGroup:
+        """`forks += x` appends x to every branch; `forks += lambda i: ...` a value per branch."""
+        for i, state in enumerate(self.states):
+            state += other(i) if callable(other) else other
+        return self
+
+    def join(self, mode: str = "gather_variable") -> None:
+        """Wait for every branch. "gather_variable" (default) gives the parent a list per new
+        variable (`s[name][i]` is branch i's value); "concate_and_append" appends each branch's
+        new text to the parent."""
+        if mode not in ("gather_variable", "concate_and_append"):
+            raise ValueError(f"unknown join mode {mode!r}")
+        runtime.wait(self._join(mode))
+
+    async def _join(self, mode: str) -> None:
+        parent = self._parent._execution
+        branches = [s._execution for s in self.states]
+        await parent.wait_idle()
+        await asyncio.gather(*(b.wait_idle(with_children=True) for b in branches))
+        failed = next((b.error for b in branches if b.error is not None), None)
+        if failed is not None:
+            raise failed
+        if mode == "gather_variable":
+            before = set(parent.variables)
+            names = [n for b in branches for n in b.variables if n not in before]
+            for name in dict.fromkeys(names):
+                parent.set(name, [b.variables.get(name) for b in branches])
+        else:
+            start = len(parent.text)
+            for b in branches:
+                parent.submit(as_node(b.text[start:]))
