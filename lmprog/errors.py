@@ -6,6 +6,8 @@ from __future__ import annotations
 class LmprogError(Exception):
     """Base class of every lmprog error."""
 
+    primitive: str | None = None  # set when raised while building a primitive, e.g. "gen('x')"
+
 
 class ConstraintError(LmprogError, ValueError):
     """A constraint is invalid (bad regex or schema) or an output violates it."""

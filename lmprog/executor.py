@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
-from lmprog.errors import LmprogError, ProgramError
+from lmprog.errors import ConstraintError, LmprogError, ProgramError
 from lmprog.ir import (
     Gen,
     Image,
@@ -358,7 +358,17 @@ class Execution:
     def _parse(self, node: Gen, generation: Generation) -> Any:
         if node.constraint is None:
             return generation.text
-        return node.constraint.parse(generation.text)
+        try:
+            if node.constraint.kind == "grammar" and generation.finish_reason == "length":
+                raise ConstraintError("the output may be incomplete under the grammar")
+            return node.constraint.parse(generation.text)
+        except ConstraintError as exc:
+            if generation.finish_reason == "length":
+                raise ConstraintError(
+                    f"{exc}; generation stopped at the token limit before the output was "
+                    "complete: raise max_tokens"
+                ) from exc
+            raise
 
     async def _select(self, node: Select) -> None:
         started = time.perf_counter()

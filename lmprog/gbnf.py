@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lmprog.errors import ConstraintError
@@ -75,7 +75,7 @@ def _negate(ranges: Ranges) -> Ranges:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unicode_category(kind: str) -> Ranges:
     """Python's exact Unicode `\\d` ("DIGIT") or `\\s` ("SPACE") set."""
     test = str.isdecimal if kind == "DIGIT" else str.isspace
@@ -185,7 +185,7 @@ class _Translator:
         if name == "BRANCH":
             return [self.rule(self.alternation(av[1], flags, start, end))]
         if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            return self.repeat(name, *av, flags, end)
+            return self.repeat(name, av, flags, end)
         if name == "AT":
             return self.anchor(av.name, start, end)
         if name in ("ASSERT", "ASSERT_NOT"):
@@ -208,7 +208,8 @@ class _Translator:
             self.fail("a word boundary (\\b or \\B)")
         self.fail("an anchor (^, $, \\A, \\Z) that is not at the very start or end of the pattern")
 
-    def repeat(self, name: str, lo: int, hi: int, sub: Any, flags: int, end: bool) -> list[str]:
+    def repeat(self, name: str, av: Any, flags: int, end: bool) -> list[str]:
+        lo, hi, sub = av
         unbounded = hi == _sre_parse.MAXREPEAT
         single_char = len(sub) == 1 and sub[0][0].name in ("LITERAL", "NOT_LITERAL", "ANY", "IN")
         if name == "POSSESSIVE_REPEAT" and not (end and single_char):
@@ -226,7 +227,8 @@ class _Translator:
         inner = self.parts(sub, flags, False, False)
         if hi == 0 or not inner or (lo, hi) == (1, 1):
             return inner if hi else []
-        atom = inner[0] if len(inner) == 1 and inner[0][-1] not in "*+?}" else self.rule(_join(inner))
+        atomic = len(inner) == 1 and inner[0][-1] not in "*+?}"  # a class, char or rule name
+        atom = inner[0] if atomic else self.rule(_join(inner))
         return [atom + _suffix(lo, hi)]
 
     def charset(self, name: str, av: Any, flags: int) -> Ranges:
@@ -243,7 +245,8 @@ class _Translator:
             if op.name == "CATEGORY":
                 ranges += _category(arg.name, bool(flags & re.ASCII), superset=negated)
             else:
-                ranges += self.fold(*((arg, arg) if op.name == "LITERAL" else arg), flags, negated)
+                lo, hi = (arg, arg) if op.name == "LITERAL" else arg
+                ranges += self.fold(lo, hi, flags, negated)
         chars = _normalize(ranges)
         return _negate(chars) if negated else chars
 
@@ -251,7 +254,8 @@ class _Translator:
         """lo..hi plus, under IGNORECASE, the case variants Python accepts for it."""
         if not flags & re.IGNORECASE:
             return [(lo, hi)]
-        cased = [c for c in map(chr, range(lo, min(hi, _MAX_CASED) + 1)) if c.lower() != c or c.upper() != c]
+        chars = map(chr, range(lo, min(hi, _MAX_CASED) + 1))
+        cased = [c for c in chars if c.lower() != c or c.upper() != c]
         if cased and negated:
             self.fail("IGNORECASE with a negated class of letters", "spell out both cases: [^aA]")
         oracle = re.compile(f"[{re.escape(chr(lo))}-{re.escape(chr(hi))}]", flags & (re.I | re.A))
@@ -273,7 +277,8 @@ def regex_to_gbnf(pattern: str) -> str:
     try:
         parsed = _sre_parse.parse(pattern)
     except re.error as exc:
-        raise ConstraintError(f"invalid regex {pattern!r} at position {exc.pos}: {exc.msg}") from exc
+        message = f"invalid regex {pattern!r} at position {exc.pos}: {exc.msg}"
+        raise ConstraintError(message) from exc
     translator = _Translator(pattern)
     root = translator.body(parsed, parsed.state.flags, True, True)
     lines = [f"# lmprog: re.fullmatch({pattern!r})", f"root ::= {root}"]

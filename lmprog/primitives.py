@@ -60,10 +60,14 @@ def gen(
     then `@lp.function(...)`, then lmprog's defaults (128 new tokens)."""
     if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
         return select(name, choices, temperature=temperature or 0.0)
-    constraint = make_constraint(
-        regex=regex, json_schema=json_schema, type=type, choices=choices, grammar=grammar,
-        dtype=dtype,
-    )
+    try:
+        constraint = make_constraint(
+            regex=regex, json_schema=json_schema, type=type, choices=choices, grammar=grammar,
+            dtype=dtype,
+        )
+    except ConstraintError as exc:
+        exc.primitive = f"gen({name!r})" if name else "gen()"
+        raise
     if n < 1:
         raise ValueError(f"gen(n=...) must be at least 1, got {n}")
     limit = max_tokens if max_tokens is not None else max_new_tokens

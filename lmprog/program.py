@@ -228,7 +228,7 @@ class Program:
             execution.fail("program", exc)
             raise
         except Exception as exc:
-            execution.fail("the program function", exc)
+            execution.fail(getattr(exc, "primitive", None) or "the program function", exc)
         finally:
             execution.mark_finished()
 

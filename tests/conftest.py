@@ -1,0 +1,45 @@
+"""Shared fixtures: real llama-servers started (and stopped) by the tests themselves.
+
+`tiny` is a 2-layer random-weight model (fast; its text is noise, so it proves plumbing and
+constraints); `gemma` is Gemma 3 270M from PyPI (slow; proves behaviour).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import lmprog as lp  # noqa: E402
+from support.llama_server import LlamaServer  # noqa: E402
+from support.models import gemma_gguf, tiny_model_gguf  # noqa: E402
+
+GEMMA_TEMPLATE = Path(lp.__file__).parent / "templates" / "gemma3.jinja"
+
+
+@pytest.fixture(scope="session")
+def tiny_server() -> Iterator[LlamaServer]:
+    with LlamaServer(tiny_model_gguf(), slots=4, ctx_per_slot=2048) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gemma_server() -> Iterator[LlamaServer]:
+    with LlamaServer(
+        gemma_gguf(), slots=4, ctx_per_slot=2048, chat_template_file=GEMMA_TEMPLATE
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_server: LlamaServer) -> lp.LlamaCpp:
+    return lp.LlamaCpp(tiny_server.url)
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_server: LlamaServer) -> lp.LlamaCpp:
+    return lp.LlamaCpp(gemma_server.url, chat_template="gemma3")
