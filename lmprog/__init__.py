@@ -1,13 +1,13 @@
 """lmprog: write LLM programs as ordinary Python functions.
 
-    import lmprog as lp
+import lmprog as lp
 
-    @lp.function
-    def qa(s, question):
-        s += "Q: " + question + "\\nA:" + lp.gen("answer", stop="\\n")
+@lp.function
+def qa(s, question):
+    s += "Q: " + question + "\\nA:" + lp.gen("answer", stop="\\n")
 
-    state = qa.run(question="What is the capital of France?", backend=lp.LlamaCpp(url))
-    print(state["answer"])
+state = qa.run(question="What is the capital of France?", backend=lp.LlamaCpp(url))
+print(state["answer"])
 """
 
 from lmprog.backends.base import Backend, Capabilities
@@ -53,6 +53,7 @@ from lmprog.program import (
 )
 from lmprog.state import ForkGroup, ProgramState
 from lmprog.templates import ChatTemplate, TemplateError
+from lmprog.tools import ToolCall
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "ProgramError",
     "ProgramState",
     "TemplateError",
+    "ToolCall",
     "UnsupportedFeatureError",
     "assistant",
     "assistant_begin",

@@ -100,7 +100,8 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
         for c in scored:
             if c.unconditional_token_logprobs is None:
                 raise ValueError("unconditional logprobs are required for this method")
-            diffs = [a - b for a, b in zip(c.token_logprobs, c.unconditional_token_logprobs)]
+            pairs = zip(c.token_logprobs, c.unconditional_token_logprobs, strict=False)
+            diffs = [a - b for a, b in pairs]
             out.append(_mean(diffs))
         return out
 

@@ -58,7 +58,7 @@ class Constraint:
         return "gbnf" if self.grammar is not None and "::=" in self.grammar else "lark"
 
     def parse(self, text: str) -> Any:
-        """Check `text` against the constraint and return the typed value; ConstraintError if not."""
+        """Check `text` against the constraint; return the typed value or raise ConstraintError."""
         if self.kind == "regex" and not self._compiled.fullmatch(text):
             raise ConstraintError(f"output {text!r} does not match {self.description}")
         if self.kind == "choices" and text not in self.choices:

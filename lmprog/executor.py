@@ -29,6 +29,7 @@ from lmprog.ir import (
     VarScopeEnd,
     flatten,
 )
+from lmprog.tools import run_tool
 
 ChunkKind = Literal["text", "role", "gen"]
 
@@ -120,8 +121,6 @@ class Execution:
     def _check(self, node: Node) -> None:
         if isinstance(node, Gen):
             self.backend.check_constraint(node.constraint)
-            if node.tools:
-                self.backend.check_tools()
         elif isinstance(node, Select):
             self.backend.check_choices_method(node.method)
         elif isinstance(node, Image):
@@ -347,6 +346,8 @@ class Execution:
 
             generation = await self.backend.generate(request, on_text if self.stream else None)
             value = self._parse(node, generation)
+            if node.tools:
+                value = await run_tool(node.tools, value)
             if streamed:
                 _check_stream(streamed, generation)
             else:

@@ -6,11 +6,12 @@ them in order. They hold no reference to a backend, so one node can serve many p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from lmprog.constraints import Constraint
+from lmprog.tools import ToolSpec
 
 Role = Literal["system", "user", "assistant"]
 
@@ -109,7 +110,7 @@ class Gen(Node):
     n: int = 1
     return_logprob: bool = False
     top_logprobs_num: int = 0
-    tools: tuple[Callable[..., Any] | dict[str, Any], ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
 
     def describe(self) -> str:
         return f"gen({self.name!r})" if self.name else "gen()"
@@ -144,9 +145,6 @@ class VarScopeBegin(Node):
 @dataclass(frozen=True)
 class VarScopeEnd(Node):
     name: str
-
-
-Primitive = Union[Text, RoleBegin, RoleEnd, Gen, Select, Image, VarScopeBegin, VarScopeEnd]
 
 
 def flatten(node: Node) -> Sequence[Node]:

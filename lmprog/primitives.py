@@ -28,6 +28,7 @@ from lmprog.ir import (
     Select,
     as_node,
 )
+from lmprog.tools import tool_specs, tools_constraint
 
 
 def gen(
@@ -62,9 +63,18 @@ def gen(
         return select(name, choices, temperature=temperature or 0.0)
     try:
         constraint = make_constraint(
-            regex=regex, json_schema=json_schema, type=type, choices=choices, grammar=grammar,
+            regex=regex,
+            json_schema=json_schema,
+            type=type,
+            choices=choices,
+            grammar=grammar,
             dtype=dtype,
         )
+        specs = tool_specs(tools) if tools is not None else ()
+        if specs and constraint is not None:
+            raise ConstraintError("tools= cannot be combined with another constraint")
+        if specs:
+            constraint = tools_constraint(specs)
     except ConstraintError as exc:
         exc.primitive = f"gen({name!r})" if name else "gen()"
         raise
@@ -94,7 +104,7 @@ def gen(
         n=n,
         return_logprob=return_logprob,
         top_logprobs_num=top_logprobs_num,
-        tools=tuple(tools or ()),
+        tools=specs,
     )
 
 
@@ -124,9 +134,13 @@ def select(
     else:
         constraint = make_constraint(type=choices)
         if constraint is None or constraint.kind != "choices":
-            raise ConstraintError(f"select() choices must be strings, a Literal or an Enum: {choices!r}")
+            raise ConstraintError(
+                f"select() choices must be strings, a Literal or an Enum: {choices!r}"
+            )
     if not isinstance(choices_method, ChoicesMethod):
-        raise TypeError(f"choices_method must be one of lp's choices methods, got {choices_method!r}")
+        raise TypeError(
+            f"choices_method must be one of lp's choices methods, got {choices_method!r}"
+        )
     return Select(
         name=name,
         choices=constraint.choices,

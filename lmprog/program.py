@@ -168,7 +168,7 @@ class Program:
         chosen = _resolve_backend(backend)
         if max_concurrency is None and isinstance(num_threads, int):
             max_concurrency = num_threads
-        limit = asyncio.Semaphore(max_concurrency or chosen.default_concurrency)
+        limit = asyncio.Semaphore(max_concurrency or await chosen.concurrency_hint())
         bar = tqdm(total=len(batch), desc=self.name, unit="prog") if progress_bar else None
         failed = 0
 
@@ -222,7 +222,9 @@ class Program:
     ) -> None:
         execution = state._execution
         try:
-            state._ret_value = await runtime.run_body(lambda s: self.func(s, *args, **kwargs), state)
+            state._ret_value = await runtime.run_body(
+                lambda s: self.func(s, *args, **kwargs), state
+            )
             await execution.wait_idle(with_children=True)
         except asyncio.CancelledError as exc:
             execution.fail("program", exc)
@@ -254,9 +256,7 @@ def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:
     raise TypeError(f"a batch item must be a dict of kwargs or a tuple of args, got {item!r}")
 
 
-def _finish_batch(
-    slots: list[ProgramState | None], return_exceptions: bool
-) -> list[ProgramState]:
+def _finish_batch(slots: list[ProgramState | None], return_exceptions: bool) -> list[ProgramState]:
     states = [s for s in slots if s is not None]
     assert len(states) == len(slots), "every program of a finished batch has a state"
     errors = [s._execution.error for s in states if s._execution.error is not None]
@@ -268,9 +268,7 @@ def _finish_batch(
 @overload
 def function(func: Callable[..., Any], /) -> Program: ...
 @overload
-def function(
-    func: None = None, /, **defaults: Any
-) -> Callable[[Callable[..., Any]], Program]: ...
+def function(func: None = None, /, **defaults: Any) -> Callable[[Callable[..., Any]], Program]: ...
 
 
 def function(

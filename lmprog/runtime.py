@@ -61,7 +61,7 @@ def submit(coro: Coroutine[Any, Any, T]) -> ConcurrentFuture[T]:
     return asyncio.run_coroutine_threadsafe(coro, get_loop())
 
 
-class _BodyGreenlet(greenlet.greenlet):
+class _BodyGreenlet(greenlet.greenlet):  # type: ignore[misc]
     """A greenlet that runs one program body; only these may suspend on a value."""
 
 

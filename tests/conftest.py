@@ -14,9 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import lmprog as lp  # noqa: E402
-from support.llama_server import LlamaServer  # noqa: E402
-from support.models import gemma_gguf, tiny_model_gguf  # noqa: E402
+from support.llama_server import LlamaServer
+from support.models import gemma_gguf, tiny_model_gguf
+
+import lmprog as lp
 
 GEMMA_TEMPLATE = Path(lp.__file__).parent / "templates" / "gemma3.jinja"
 

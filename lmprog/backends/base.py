@@ -73,7 +73,6 @@ class Backend(abc.ABC):
     name: str = "backend"
     capabilities: Capabilities = Capabilities()
     image_marker: str = ""  # text the engine expects where an image sits in the prompt
-    default_concurrency: int = 64  # programs run_batch keeps in flight unless told otherwise
     _template: ChatTemplate | None = None
 
     @abc.abstractmethod
@@ -94,6 +93,10 @@ class Backend(abc.ABC):
             self._template = await self._load_chat_template()
         return self._template
 
+    async def concurrency_hint(self) -> int:
+        """How many programs run_batch keeps in flight unless told otherwise."""
+        return 64
+
     def cached_chat_template(self) -> ChatTemplate | None:
         return self._template
 
@@ -101,7 +104,7 @@ class Backend(abc.ABC):
     async def _load_chat_template(self) -> ChatTemplate:
         """Find the model's chat template (called once)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections; the backend may be used again afterwards."""
 
     def check_constraint(self, constraint: Constraint | None) -> None:
@@ -126,11 +129,6 @@ class Backend(abc.ABC):
     def check_choices_method(self, method: ChoicesMethod) -> None:
         if method.name not in self.capabilities.choices_methods:
             raise UnsupportedFeatureError(self.name, f"score select() with {method!r}")
-
-    def check_tools(self) -> None:
-        raise UnsupportedFeatureError(
-            self.name, "let the model call tools", "use lp.OpenAI with a tool-calling model"
-        )
 
     def check_images(self) -> None:
         if not self.capabilities.images:

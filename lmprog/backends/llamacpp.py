@@ -23,7 +23,7 @@ from lmprog.backends.base import (
 from lmprog.backends.http import JsonClient
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendResponseError, UnsupportedFeatureError
+from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, literal_to_gbnf, regex_to_gbnf
 from lmprog.templates import ChatTemplate
 
@@ -41,7 +41,11 @@ class LlamaCpp(Backend):
         constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
         grammar_syntaxes=frozenset({"gbnf"}),
         choices_methods=frozenset(
-            {"token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"}
+            {
+                "token_length_normalized",
+                "greedy_token_selection",
+                "unconditional_likelihood_normalized",
+            }
         ),
         images=True,
         streaming=True,
@@ -74,6 +78,14 @@ class LlamaCpp(Backend):
                 if self._props is None:
                     self._props = await self._http.get("/props")
         return self._props
+
+    async def concurrency_hint(self) -> int:
+        """One program per slot: more would push programs out of the slot holding their
+        prefix, and the server would recompute it (measured in ENGINES.md)."""
+        try:
+            return int((await self.props()).get("total_slots") or 4)
+        except BackendError:
+            return 4  # the programs themselves will report the unreachable server
 
     async def _load_chat_template(self) -> ChatTemplate:
         choice = self._template_choice
@@ -170,7 +182,8 @@ class LlamaCpp(Backend):
         return Generation(
             text=data["content"],
             finish_reason=_FINISH.get(data.get("stop_type", "none"), data.get("stop_type")),
-            prompt_tokens=(prompt_n + cached) if prompt_n is not None and cached is not None
+            prompt_tokens=(prompt_n + cached)
+            if prompt_n is not None and cached is not None
             else data.get("tokens_evaluated"),
             completion_tokens=data.get("tokens_predicted"),
             cached_tokens=cached,

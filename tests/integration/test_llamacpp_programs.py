@@ -15,8 +15,7 @@ import lmprog as lp
 pytestmark = pytest.mark.engine
 
 FEW_SHOT = (
-    "Q: What is the capital of Germany?\nA: Berlin\n"
-    "Q: What is the capital of Italy?\nA: Rome\n"
+    "Q: What is the capital of Germany?\nA: Berlin\nQ: What is the capital of Italy?\nA: Rome\n"
 )
 
 
@@ -160,7 +159,16 @@ CONSTRAINED = [
     ({"regex": r"(yes|no|maybe)"}, str),
     ({"type": Tag}, Tag),
     ({"type": Annotated[list[int], pydantic.Field(max_length=4)]}, list),
-    ({"json_schema": {"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"]}}, dict),
+    (
+        {
+            "json_schema": {
+                "type": "object",
+                "properties": {"k": {"enum": ["a", "b"]}},
+                "required": ["k"],
+            }
+        },
+        dict,
+    ),
 ]
 
 
@@ -251,7 +259,9 @@ async def test_async_programs(tiny: lp.LlamaCpp) -> None:
 def test_logprobs_on_request(tiny: lp.LlamaCpp) -> None:
     @lp.function
     def prog(s):
-        s += "x = " + lp.gen("v", max_tokens=3, temperature=0, return_logprob=True, top_logprobs_num=2)
+        s += "x = " + lp.gen(
+            "v", max_tokens=3, temperature=0, return_logprob=True, top_logprobs_num=2
+        )
 
     meta = prog.run(backend=tiny).get_meta_info("v")
     assert len(meta["output_token_logprobs"]) == 3
@@ -322,3 +332,37 @@ def test_json_schema_given_as_string(tiny: lp.LlamaCpp) -> None:
 
     state = arr.run(backend=tiny)
     assert state.error() is None and isinstance(state["v"], list)
+
+
+def test_tool_calls_always_parse_and_run(tiny: lp.LlamaCpp) -> None:
+    def lookup(city: Literal["Paris", "Rome"]) -> str:
+        """Weather in a city."""
+        return {"Paris": "rain", "Rome": "sun"}[city]
+
+    def count(n: Annotated[int, pydantic.Field(ge=0, le=99)]) -> int:
+        return n
+
+    @lp.function
+    def agent(s, seed):
+        s += "Tool call: " + lp.gen("call", tools=[lookup, count], max_tokens=200, seed=seed)
+        return s["call"]
+
+    for state in agent.run_batch([(i,) for i in range(8)], backend=tiny, temperature=1.0):
+        assert state.error() is None, state.error()
+        call = state.ret_value
+        assert call.name in ("lookup", "count")
+        assert call.result == (
+            lookup(**call.arguments) if call.name == "lookup" else call.arguments["n"]
+        )
+
+
+def test_images_need_a_vision_model(tiny: lp.LlamaCpp) -> None:
+    @lp.function
+    def look(s):
+        s += lp.user("What is this?" + lp.image(b"\x89PNG\r\n\x1a\n...")) + lp.assistant(
+            lp.gen("a")
+        )
+
+    error = look.run(backend=tiny).error()
+    assert isinstance(error.cause, lp.UnsupportedFeatureError)
+    assert "--mmproj" in str(error)

@@ -57,9 +57,7 @@ def test_context_managers_and_begin_end_are_the_same_as_role_values() -> None:
 
 
 def chat_text(user: str, assistant: str) -> str:
-    return (
-        f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
-    )
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n"
 
 
 def test_gen_settings_override_run_defaults_which_override_function_defaults() -> None:
@@ -178,10 +176,18 @@ class City(pydantic.BaseModel):
         ({"type": int}, "42", 42),
         ({"dtype": "float"}, "-3.5", -3.5),
         ({"type": bool}, "false", False),
-        ({"type": City}, '{"name": "Paris", "population": 2100000}', City(name="Paris", population=2100000)),
+        (
+            {"type": City},
+            '{"name": "Paris", "population": 2100000}',
+            City(name="Paris", population=2100000),
+        ),
         ({"type": list[int]}, "[1, 2]", [1, 2]),
         ({"type": Literal["a", "b"]}, "b", "b"),
-        ({"json_schema": {"type": "object", "properties": {"k": {"type": "string"}}}}, '{"k": "v"}', {"k": "v"}),
+        (
+            {"json_schema": {"type": "object", "properties": {"k": {"type": "string"}}}},
+            '{"k": "v"}',
+            {"k": "v"},
+        ),
         ({"regex": r"\d{3}-\d{4}"}, "555-1234", "555-1234"),
     ],
 )
@@ -269,7 +275,9 @@ def test_batch_keeps_order_and_one_failure_does_not_sink_it() -> None:
         s += f"item {i}:" + lp.gen("out")
 
     backend = ScriptedBackend(respond, fail=fail, delay=0.01)
-    states = item.run_batch([{"i": i} for i in range(150) if i != 13], backend=backend, max_concurrency=8)
+    states = item.run_batch(
+        [{"i": i} for i in range(150) if i != 13], backend=backend, max_concurrency=8
+    )
     assert len(states) == 149
     assert [s["out"] for s in states if s.error() is None] == [
         f"{i}:" for i in range(150) if i not in (7, 13)
@@ -386,3 +394,27 @@ def test_chat_template_runs_sandboxed() -> None:
     evil = lp.ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(lp.TemplateError, match="unsafe"):
         evil.render([{"role": "user", "content": "x"}])
+
+
+def test_tools_constrain_the_call_and_run_the_callable() -> None:
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    async def shout(text: str) -> str:
+        return text.upper()
+
+    @lp.function
+    def agent(s):
+        s += "call:" + lp.gen("call", tools=[add, shout])
+        s += "\nresult: " + str(s["call"].result)
+
+    backend = ScriptedBackend(lambda r: '{"name": "add", "arguments": {"a": 2, "b": 3}}')
+    state = agent.run(backend=backend)
+    assert state["call"] == lp.ToolCall("add", {"a": 2, "b": 3}, 5)
+    assert state.text().endswith("\nresult: 5")
+    schema = backend.requests[0].constraint.schema
+    assert [c["properties"]["name"]["const"] for c in schema["anyOf"]] == ["add", "shout"]
+
+    bad = ScriptedBackend(lambda r: '{"name": "add", "arguments": {"a": "x"}}')
+    assert isinstance(agent.run(backend=bad).error().cause, lp.ConstraintError)
