@@ -2,19 +2,17 @@ r"""Translate Python regexes, literals and choice lists into GBNF grammars for l
 
 Why this exists: llama-server silently ignores a `regex` request field but enforces a GBNF
 `grammar`, so lmprog enforces `regex=` by translating the pattern into a grammar whose `root`
-derives exactly the strings the pattern matches in full (`re.fullmatch`). The pattern is parsed
-by Python's own regex parser, so the accepted syntax is exactly Python's.
+derives exactly the strings the pattern matches in full (`re.fullmatch`). Patterns are parsed by
+Python's own regex parser, so the accepted syntax is exactly Python's.
 
-The grammar never admits a string the regex rejects; in a few places it admits fewer:
-
-- `\d`, `\w`, `\s` are narrowed from Python's Unicode sets to `[0-9]`, `[0-9A-Za-z_]` and
-  `[\t-\r ]`, and `\W` to the ASCII non-word characters; `\D`, `\S`, `.` and negated classes are
-  exact. Under the `(?a)` flag every category is exact.
-- IGNORECASE adds the one-character `str.lower()`/`str.upper()` variants of each letter (not
-  Python's rarer folds such as KELVIN SIGN for "k").
+The grammar never admits a string the regex rejects, but admits fewer in two places: `\d`, `\w`,
+`\s` are narrowed from Python's Unicode sets to `[0-9]`, `[0-9A-Za-z_]`, `[\t-\r ]` and `\W` to
+ASCII non-word characters (`\D`, `\S`, `.`, negated classes, and everything under `(?a)` are
+exact); IGNORECASE adds only the one-character `str.lower()`/`str.upper()` variants of a letter
+(not Python's rarer folds such as KELVIN SIGN for "k").
 
 Bounded repeats are emitted as GBNF `{m}`, `{m,}`, `{m,n}`, which llama.cpp expands linearly
-(`x{0,1000}` stays one short line). llama.cpp refuses bounds of 2000 or more, so they are rejected.
+(`x{0,1000}` stays one short line); llama.cpp refuses bounds of 2000 or more, so they are rejected.
 
 Rejected with ConstraintError: lookahead/lookbehind, backreferences, conditionals, `\b`/`\B`,
 anchors anywhere but the very start (`^`, `\A`) or end (`$`, `\Z`), atomic groups and possessive
@@ -196,14 +194,13 @@ class _Translator:
         if name == "GROUPREF_EXISTS":
             self.fail("a conditional group (?(id)yes|no)")
         if name == "ATOMIC_GROUP":
-            self.fail("an atomic group (?>...)", "use an ordinary group (...) if that is meant")
+            self.fail("an atomic group (?>...)", "use an ordinary group (...) if it is meant")
         self.fail(f"the regex construct {name}")
 
     def anchor(self, name: str, start: bool, end: bool) -> list[str]:
-        if (name in ("AT_BEGINNING", "AT_BEGINNING_STRING") and start) or (
-            name in ("AT_END", "AT_END_STRING") and end
-        ):
-            return []  # the whole output is matched anyway
+        """Nothing for ^ and \\A at the very start or $ and \\Z at the very end; else fail."""
+        if (name.startswith("AT_BEGINNING") and start) or (name.startswith("AT_END") and end):
+            return []
         if name in ("AT_BOUNDARY", "AT_NON_BOUNDARY"):
             self.fail("a word boundary (\\b or \\B)")
         self.fail("an anchor (^, $, \\A, \\Z) that is not at the very start or end of the pattern")
@@ -213,12 +210,9 @@ class _Translator:
         unbounded = hi == _sre_parse.MAXREPEAT
         single_char = len(sub) == 1 and sub[0][0].name in ("LITERAL", "NOT_LITERAL", "ANY", "IN")
         if name == "POSSESSIVE_REPEAT" and not (end and single_char):
-            self.fail("a possessive repeat (*+, ++, ?+, {m,n}+)", "use the greedy form if meant")
+            self.fail("a possessive repeat (*+, ++, ?+)", "use the greedy form if it is meant")
         if lo > _MAX_BOUND or (hi > _MAX_BOUND and not unbounded):
-            self.fail(
-                f"a repeat bound above {_MAX_BOUND} (llama.cpp limits grammar repetitions)",
-                "use a smaller bound, or * / + and limit the length with max_tokens",
-            )
+            self.fail(f"a repeat bound above {_MAX_BOUND} (llama.cpp's limit)", "use * / + instead")
         if unbounded and sub.getwidth()[0] == 0:
             self.fail(
                 "an unbounded repeat of something that can match the empty string",

@@ -128,5 +128,7 @@ def _builtin(name: str) -> ChatTemplate:
     try:
         source = resources.files("lmprog").joinpath(f"templates/{name}.jinja").read_text()
     except FileNotFoundError:
-        raise TemplateError(f"no built-in chat template {name!r}; use 'gemma3' or 'chatml'") from None
+        raise TemplateError(
+            f"no built-in chat template {name!r}; use 'gemma3' or 'chatml'"
+        ) from None
     return ChatTemplate(source, name=name)

@@ -32,7 +32,11 @@ class ScriptedBackend(Backend):
         constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
         grammar_syntaxes=frozenset({"gbnf", "lark"}),
         choices_methods=frozenset(
-            {"token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"}
+            {
+                "token_length_normalized",
+                "greedy_token_selection",
+                "unconditional_likelihood_normalized",
+            }
         ),
         images=True,
         streaming=True,

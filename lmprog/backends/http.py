@@ -45,7 +45,12 @@ class JsonClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         try:
-            response = await self._http().request(method, path, json=body)
+            try:
+                response = await self._http().request(method, path, json=body)
+            except httpx.RemoteProtocolError:
+                # A pooled keep-alive connection the server had already dropped (llama-server
+                # does this right after a stream): nothing was processed, so send it again.
+                response = await self._http().request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, path) from exc
         if response.status_code >= 400:

@@ -24,7 +24,7 @@ from lmprog.backends.http import JsonClient
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
-from lmprog.gbnf import choices_to_gbnf, literal_to_gbnf, regex_to_gbnf
+from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
 from lmprog.templates import ChatTemplate
 
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": None}
@@ -196,44 +196,79 @@ class LlamaCpp(Backend):
     async def score_choices(
         self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        """Force each choice after the prompt with a literal grammar and read its tokens'
-        logprobs. Choices go one after another so they share the slot holding the prompt."""
+        """Teacher-force each choice's tokens after the prompt and read their logprobs.
+
+        The server reports raw (pre-grammar) logprobs of the tokens it takes, but a string
+        grammar lets it take a non-canonical tokenization (" " + "paris" instead of " paris"),
+        so each choice is forced token by token: prompt+choice is tokenized as a whole, the
+        tokens it shares with the prompt are sent as the context (this also settles a word
+        that straddles the boundary), and a token-id grammar forces the rest. Choices go one
+        after another so they all reuse the slot that holds the prompt.
+        """
+        prompt_ids = [i for i, _ in await self._tokenize(prompt)]
         scored = []
         for choice in choices:
-            tokens, logprobs = await self._forced(prompt, choice)
+            full = await self._tokenize(prompt + choice)
+            shared = _common_prefix(prompt_ids, [i for i, _ in full])
+            context, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
+            logprobs = await self._forced(context, ids)
             unconditional = None
             if method.requires_unconditional_logprobs:
-                unconditional = await self._forced_tokens("", tokens)
-            scored.append(ChoiceLogprobs(choice, logprobs, tokens, unconditional))
+                unconditional = await self._unconditional(ids)
+            pieces = tuple(piece for _, piece in full[shared:])
+            scored.append(ChoiceLogprobs(choice, logprobs, pieces, unconditional))
         return scored
 
-    async def _forced(self, prompt: str, text: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    async def _tokenize(self, text: str) -> list[tuple[int, str]]:
+        """(id, piece) pairs as the server tokenizes a text prompt (BOS included if it adds
+        one). A piece that is not whole UTF-8 comes back as byte values."""
+        data = await self._http.post(
+            "/tokenize", {"content": text, "add_special": True, "with_pieces": True}
+        )
+        return [
+            (int(t["id"]), t["piece"] if isinstance(t["piece"], str) else bytes(t["piece"]).hex())
+            for t in data["tokens"]
+        ]
+
+    async def _forced(self, context: list[int], ids: list[int]) -> tuple[float, ...]:
+        """Logprob of each of `ids` following `context` (token ids, used as given)."""
+        if not ids:
+            return ()
         body = {
-            "prompt": prompt,
-            "grammar": literal_to_gbnf(text),
-            "n_predict": len(text.encode()) + 8,
+            "prompt": context,
+            "grammar": "root ::= " + " ".join(f"<[{i}]>" for i in ids),
+            "n_predict": len(ids),
             "temperature": 0.0,
             "n_probs": 1,
             "cache_prompt": True,
         }
         data = await self._http.post("/completion", body)
-        probabilities = data.get("completion_probabilities") or []
-        if data.get("content") != text or len(probabilities) == 0:
+        taken = data.get("completion_probabilities") or []
+        if [p.get("id") for p in taken] != ids:
             raise BackendResponseError(
-                f"llama-server did not reproduce the choice {text!r} when forced "
-                f"(got {data.get('content')!r})"
+                f"llama-server did not follow the forced tokens {ids} (took "
+                f"{[p.get('id') for p in taken]})"
             )
-        return (
-            tuple(p["token"] for p in probabilities),
-            tuple(float(p["logprob"]) for p in probabilities),
-        )
+        return tuple(float(p["logprob"]) for p in taken)
 
-    async def _forced_tokens(self, prompt: str, tokens: tuple[str, ...]) -> tuple[float, ...]:
-        _, logprobs = await self._forced(prompt, "".join(tokens))
-        return logprobs
+    async def _unconditional(self, ids: list[int]) -> tuple[float, ...]:
+        """Logprobs of `ids` with no prompt: after BOS, or (no BOS) the first counts as 0."""
+        bos = [i for i, _ in await self._tokenize("")]
+        if bos:
+            return await self._forced(bos, ids)
+        return (0.0, *await self._forced(ids[:1], ids[1:]))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _constraint_fields(constraint: Constraint) -> dict[str, Any]:

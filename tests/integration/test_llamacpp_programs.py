@@ -366,3 +366,26 @@ def test_images_need_a_vision_model(tiny: lp.LlamaCpp) -> None:
     error = look.run(backend=tiny).error()
     assert isinstance(error.cause, lp.UnsupportedFeatureError)
     assert "--mmproj" in str(error)
+
+
+@pytest.mark.gemma
+def test_select_scores_are_the_models_own_logprobs(gemma: lp.LlamaCpp, gemma_server) -> None:
+    prompt = FEW_SHOT + "Q: What is the capital of France?\nA:"
+
+    @lp.function
+    def pick(s):
+        s += prompt + lp.select("city", [" Paris", " paris", " Ljubljana"])
+
+    meta = pick.run(backend=gemma).get_meta_info("city")
+    # Each choice is scored on its canonical tokenization: one token each here.
+    assert meta["choice_tokens"] == [[" Paris"], [" paris"], [" Ljubljana"]]
+    raw = httpx.post(
+        f"{gemma_server.url}/completion",
+        json={"prompt": prompt, "n_predict": 1, "temperature": 0, "n_probs": 262144},
+        timeout=120,
+    ).json()
+    reference = {
+        t["token"]: t["logprob"] for t in raw["completion_probabilities"][0]["top_logprobs"]
+    }
+    for choice, logprobs in zip([" Paris", " paris", " Ljubljana"], meta["input_token_logprobs"]):
+        assert logprobs[0] == pytest.approx(reference[choice], abs=0.02)
