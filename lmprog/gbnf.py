@@ -5,11 +5,14 @@ Why this exists: llama-server silently ignores a `regex` request field but enfor
 derives exactly the strings the pattern matches in full (`re.fullmatch`). Patterns are parsed by
 Python's own regex parser, so the accepted syntax is exactly Python's.
 
-The grammar never admits a string the regex rejects, but admits fewer in two places: `\d`, `\w`,
-`\s` are narrowed from Python's Unicode sets to `[0-9]`, `[0-9A-Za-z_]`, `[\t-\r ]` and `\W` to
-ASCII non-word characters (`\D`, `\S`, `.`, negated classes, and everything under `(?a)` are
+The grammar never admits a string the regex rejects, but admits fewer in three places: `\d`,
+`\w`, `\s` are narrowed from Python's Unicode sets to `[0-9]`, `[0-9A-Za-z_]`, `[\t-\r ]` and `\W`
+to ASCII non-word characters (`\D`, `\S`, `.`, negated classes, and everything under `(?a)` are
 exact); IGNORECASE adds only the one-character `str.lower()`/`str.upper()` variants of a letter
-(not Python's rarer folds such as KELVIN SIGN for "k").
+(not Python's rarer folds such as KELVIN SIGN for "k"); NUL and surrogates are never generated.
+Classes are always written positively (`.` is `[\x01-\t\x0B-\uD7FF\uE000-\U0010FFFF]`): with
+`[^...]` llama.cpp lets a model emit invalid UTF-8 (seen on a real llama-server), and a required
+NUL makes it fail the request.
 
 Bounded repeats are emitted as GBNF `{m}`, `{m,}`, `{m,n}`, which llama.cpp expands linearly
 (`x{0,1000}` stays one short line); llama.cpp refuses bounds of 2000 or more, so they are rejected.
@@ -39,6 +42,7 @@ else:
 Ranges = tuple[tuple[int, int], ...]
 
 _MAX_CHAR = 0x10FFFF
+_UNGENERABLE = ((0, 0), (0xD800, 0xDFFF))  # NUL and surrogates
 _MAX_BOUND = 1999  # llama.cpp's MAX_REPETITION_THRESHOLD is 2000
 _MAX_CASED = 0x1FFFF  # no cased letters above this code point
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -104,16 +108,16 @@ def _char(cp: int, specials: str = "") -> str:
 
 
 def _quote(text: str) -> str:
-    """A GBNF string literal."""
+    """A GBNF string literal; ConstraintError if llama.cpp cannot generate a character of it."""
+    if any(lo <= ord(c) <= hi for c in text for lo, hi in _UNGENERABLE):
+        raise ConstraintError(f"{text!r} contains NUL or a surrogate; llama.cpp cannot generate it")
     return '"' + "".join(_char(ord(c)) for c in text) + '"'
 
 
 def _char_class(ranges: Ranges) -> str:
-    """A GBNF `[...]`, or `[^...]` when the complement is shorter."""
-    complement = _negate(ranges)
-    prefix, body = ("^", complement) if 0 < len(complement) < len(ranges) else ("", ranges)
-    items = (_char(lo, "[]-^") + ("" if lo == hi else "-" + _char(hi, "[]-^")) for lo, hi in body)
-    return f"[{prefix}{''.join(items)}]"
+    """A GBNF `[...]` (never `[^...]`)."""
+    items = (_char(lo, "[]-^") + ("" if lo == hi else "-" + _char(hi, "[]-^")) for lo, hi in ranges)
+    return f"[{''.join(items)}]"
 
 
 def _join(parts: list[str]) -> str:
@@ -258,8 +262,9 @@ class _Translator:
 
     def chars(self, ranges: Ranges) -> str:
         """One GBNF item for a set of characters: a one-character string or a class."""
+        ranges = _negate(_normalize([*_negate(ranges), *_UNGENERABLE]))
         if not ranges:
-            self.fail("a character class that matches no character", "remove it")
+            self.fail("a character set without characters llama.cpp can generate", "remove it")
         if ranges[0][0] == ranges[0][1] and len(ranges) == 1:
             return _quote(chr(ranges[0][0]))
         return _char_class(ranges)

@@ -1,6 +1,6 @@
 """`@lp.function` and Program: run, run_batch, arun, arun_batch, bind.
 
-A program's body runs in a greenlet on lmprog's loop (see runtime.py), so a batch of ten
+A program's body runs in a greenlet on lmprog's loop (see loop.py), so a batch of ten
 thousand programs is ten thousand greenlets and tasks, bounded by `max_concurrency`.
 """
 
@@ -13,12 +13,12 @@ from typing import Any, overload
 
 from tqdm.auto import tqdm
 
-from lmprog import runtime
+from lmprog import loop
 from lmprog.backends.base import Backend
 from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Execution
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
-from lmprog.state import ProgramState, _await_on_loop
+from lmprog.state import ProgramState
 
 _default_backend: Backend | None = None
 
@@ -87,7 +87,7 @@ class Program:
         A failure does not raise here: it is on `state.error()`, and reading a value that
         failed raises it.
         """
-        state: ProgramState = runtime.wait(self._launch(args, kwargs, backend, stream))
+        state: ProgramState = loop.wait(self._launch(args, kwargs, backend, stream))
         if not stream:
             state._wait_done()
         return state
@@ -106,7 +106,7 @@ class Program:
                 await state._done
             return state
 
-        result: ProgramState = await _await_on_loop(go())
+        result: ProgramState = await loop.await_on_loop(go())
         return result
 
     # ----- batches ----------------------------------------------------------------------
@@ -127,14 +127,14 @@ class Program:
         in-flight programs are cancelled and `BatchInterrupted.states` keeps what finished.
         """
         slots: list[ProgramState | None] = [None] * len(batch)
-        future = runtime.submit(
+        future = loop.submit(
             self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
         )
         try:
-            runtime.result_of(future)
+            loop.result_of(future)
         except KeyboardInterrupt:
             future.cancel()
-            runtime.submit(asyncio.sleep(0.05)).result(timeout=5)
+            loop.submit(asyncio.sleep(0.05)).result(timeout=5)
             raise BatchInterrupted(slots) from None
         return _finish_batch(slots, return_exceptions)
 
@@ -150,7 +150,7 @@ class Program:
     ) -> list[ProgramState]:
         """`run_batch` for asyncio code and notebooks."""
         slots: list[ProgramState | None] = [None] * len(batch)
-        await _await_on_loop(
+        await loop.await_on_loop(
             self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
         )
         return _finish_batch(slots, return_exceptions)
@@ -222,7 +222,7 @@ class Program:
     ) -> None:
         execution = state._execution
         try:
-            state._ret_value = await runtime.run_body(
+            state._ret_value = await loop.run_body(
                 lambda s: self.func(s, *args, **kwargs), state
             )
             await execution.wait_idle(with_children=True)

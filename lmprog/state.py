@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lmprog import runtime
+from lmprog import loop
 from lmprog.errors import ProgramError
 from lmprog.executor import Chunk, Execution
 from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
@@ -24,9 +24,9 @@ async def _call(fn: Callable[[], Any]) -> Any:
 
 def _on_loop(fn: Callable[[], Any]) -> Any:
     """Run `fn` on the loop thread (where Execution lives) and return its result."""
-    if runtime.on_loop_thread():
+    if loop.on_loop_thread():
         return fn()
-    return runtime.wait(_call(fn))
+    return loop.wait(_call(fn))
 
 
 class ProgramState:
@@ -72,11 +72,11 @@ class ProgramState:
     # ----- values -----------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Any:
-        return runtime.wait(self._execution.get(name))
+        return loop.wait(self._execution.get(name))
 
     async def aget(self, name: str) -> Any:
         """`s[name]` for async code outside a program body."""
-        return await _await_on_loop(self._execution.get(name))
+        return await loop.await_on_loop(self._execution.get(name))
 
     def __setitem__(self, name: str, value: Any) -> None:
         _on_loop(lambda: self._execution.set(name, value))
@@ -107,7 +107,7 @@ class ProgramState:
 
     def sync(self) -> None:
         """Wait until everything appended so far has run."""
-        runtime.wait(self._execution.wait_idle())
+        loop.wait(self._execution.wait_idle())
 
     def error(self) -> ProgramError | None:
         """The error that stopped the program, if any (waits for the program to end)."""
@@ -121,8 +121,8 @@ class ProgramState:
         return self._ret_value
 
     def _wait_done(self) -> None:
-        if self._done is not None and not runtime.in_program_body():
-            runtime.wait(_settled(self._done))
+        if self._done is not None and not loop.in_program_body():
+            loop.wait(_settled(self._done))
         else:
             self.sync()
 
@@ -165,7 +165,7 @@ class ProgramState:
 
     def text_iter(self, var: str | None = None) -> Iterator[str]:
         """Yield text as it is produced (only `var`'s text if given); pieces add up to the text."""
-        return runtime.iterate(lambda: self._chunks(var))
+        return loop.iterate(lambda: self._chunks(var))
 
     async def text_async_iter(
         self, var: str | None = None, return_meta_data: bool = False
@@ -174,7 +174,7 @@ class ProgramState:
         chunks = self._chunks(var)
         while True:
             try:
-                piece = await _await_on_loop(chunks.__anext__())
+                piece = await loop.await_on_loop(chunks.__anext__())
             except StopAsyncIteration:
                 return
             if return_meta_data:
@@ -213,25 +213,9 @@ class ProgramState:
         return f"<ProgramState {execution.program!r} {status}: {shown!r}>"
 
 
-async def _await_on_loop(awaitable: Any) -> Any:
-    """Await something living on lmprog's loop from whatever loop the caller runs."""
-    loop = runtime.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        return await awaitable
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_identity(awaitable), loop))
-
-
 async def _settled(task: asyncio.Future[Any]) -> None:
     """Wait for a program's task without letting a cancelled waiter cancel the program."""
     await asyncio.wait({task})
-
-
-async def _identity(awaitable: Any) -> Any:
-    return await awaitable
 
 
 class ForkGroup:
@@ -262,7 +246,7 @@ class ForkGroup:
         new text to the parent."""
         if mode not in ("gather_variable", "concate_and_append"):
             raise ValueError(f"unknown join mode {mode!r}")
-        runtime.wait(self._join(mode))
+        loop.wait(self._join(mode))
 
     async def _join(self, mode: str) -> None:
         parent = self._parent._execution

@@ -104,6 +104,18 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+async def await_on_loop(awaitable: Awaitable[T]) -> T:
+    """Await something that lives on lmprog's loop from whatever loop the caller runs."""
+    loop = get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return await awaitable
+    return await asyncio.wrap_future(submit(_as_coroutine(awaitable)))
+
+
 async def run_body(body: Callable[..., Any], *args: Any) -> Any:
     """Run a sync function or an `async def` in a body greenlet; return what it returns.
 
