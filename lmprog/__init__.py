@@ -27,6 +27,7 @@ from lmprog.errors import (
     ProgramError,
     UnsupportedFeatureError,
 )
+from lmprog.launch import Runtime
 from lmprog.primitives import (
     assistant,
     assistant_begin,
@@ -74,6 +75,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "ProgramState",
+    "Runtime",
     "TemplateError",
     "ToolCall",
     "UnsupportedFeatureError",

@@ -222,9 +222,7 @@ class Program:
     ) -> None:
         execution = state._execution
         try:
-            state._ret_value = await loop.run_body(
-                lambda s: self.func(s, *args, **kwargs), state
-            )
+            state._ret_value = await loop.run_body(lambda s: self.func(s, *args, **kwargs), state)
             await execution.wait_idle(with_children=True)
         except asyncio.CancelledError as exc:
             execution.fail("program", exc)

@@ -1,0 +1,61 @@
+"""lp.Runtime starts a real llama-server, serves programs, and never leaves it behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from support.models import tiny_model_gguf
+
+import lmprog as lp
+
+pytestmark = pytest.mark.engine
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@lp.function
+def hello(s):
+    s += "def hello():" + lp.gen("body", max_tokens=8, temperature=0)
+
+
+def test_runtime_serves_programs_and_stops_on_exit() -> None:
+    with lp.Runtime("llama.cpp", tiny_model_gguf(), slots=2, ctx_per_slot=1024) as backend:
+        pid = backend._process.pid
+        state = hello.run(backend=backend)
+        assert state.error() is None and len(state["body"]) > 0
+        assert alive(pid)
+    assert not alive(pid)
+    assert "stopped" in repr(backend)
+
+
+def test_runtime_stops_when_the_program_raises() -> None:
+    @lp.function
+    def broken(s):
+        s += "x" + lp.gen("a", max_tokens=2)
+        raise ValueError("bug in the program")
+
+    with pytest.raises(ValueError), lp.Runtime("llama.cpp", tiny_model_gguf()) as backend:
+        pid = backend._process.pid
+        error = broken.run(backend=backend).error()
+        assert "bug in the program" in str(error)
+        raise ValueError("leaving the block with an exception")
+    assert not alive(pid)
+
+
+def test_a_bad_engine_argument_fails_with_the_log_tail() -> None:
+    with pytest.raises(lp.BackendUnavailableError, match="exited with code"):
+        lp.Runtime("llama.cpp", tiny_model_gguf(), no_such_flag=True)
+
+
+def test_unknown_engine_and_missing_model_are_clear() -> None:
+    with pytest.raises(lp.LmprogError, match="cannot launch 'tgi'"):
+        lp.Runtime("tgi", tiny_model_gguf())
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        lp.Runtime("llama.cpp", "/nonexistent/model.gguf")
