@@ -92,9 +92,8 @@ def main() -> None:
 
         countries = ["Spain", "Poland", "Greece", "Egypt", "Canada", "Peru"]
         states = capital.run_batch([(c,) for c in countries], progress_bar=True)
-        print(
-            "[batch]", ", ".join(f"{c}: {s['answer'].strip()}" for c, s in zip(countries, states))
-        )
+        answers = [s["answer"].strip() for s in states]
+        print("[batch]", ", ".join(f"{c}: {a}" for c, a in zip(countries, answers, strict=True)))
         print(f"[meta] {states[0].get_meta_info('answer')}")
 
 

@@ -387,5 +387,6 @@ def test_select_scores_are_the_models_own_logprobs(gemma: lp.LlamaCpp, gemma_ser
     reference = {
         t["token"]: t["logprob"] for t in raw["completion_probabilities"][0]["top_logprobs"]
     }
-    for choice, logprobs in zip([" Paris", " paris", " Ljubljana"], meta["input_token_logprobs"]):
+    choices = [" Paris", " paris", " Ljubljana"]
+    for choice, logprobs in zip(choices, meta["input_token_logprobs"], strict=True):
         assert logprobs[0] == pytest.approx(reference[choice], abs=0.02)
