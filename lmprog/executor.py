@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
-from lmprog.errors import ConstraintError, LmprogError, ProgramError
+from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
     Gen,
     Image,
@@ -54,6 +54,7 @@ class _Snapshot:
     role_parts: list[dict[str, Any]]
     images: list[ImagePart]
     scopes: dict[str, int]
+    loose_text: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Execution:
         self._images: list[ImagePart] = []
         self._scopes: dict[str, int] = {}
         self._text_len = 0
+        self._loose_text = False  # text outside any role (a chat-only model cannot take it)
         self._pending: deque[Node] = deque()
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
@@ -257,6 +259,8 @@ class Execution:
     def _append(self, text: str, kind: ChunkKind, name: str | None = None) -> None:
         if not text:
             return
+        if self._role is None and kind != "role":
+            self._loose_text = True
         names = (name, *self._scopes) if name else tuple(self._scopes)
         self.chunks.append(Chunk(text, kind, names))
         self._text_len += len(text)
@@ -295,15 +299,24 @@ class Execution:
         if before:
             self._role_parts.append({"type": "text", "text": before})
         self._role_parts.append(
-            {"type": "image", "mime_type": node.mime_type, "source": node.source}
+            {
+                "type": "image",
+                "mime_type": node.mime_type,
+                "source": node.source,
+                "image_index": len(self._images),
+            }
         )
         self._images.append(ImagePart(node.data, node.mime_type))
         self._append(self.backend.image_marker, "text")
         self._role_start = self._text_len  # the marker is the backend's, not message text
 
     def _request(self, sampling: SamplingParams, **fields: Any) -> GenerateRequest:
+        """Everything a backend may need: the text so far, and the same as chat messages."""
         stop = sampling.stop or ()
-        if self._role is not None:
+        chat_only = self.backend.capabilities.chat_only
+        if chat_only:
+            self._check_chat_shape()
+        elif self._role is not None:
             template_end = self._end_marker()
             if template_end and template_end not in stop:
                 stop = (*stop, template_end)
@@ -311,8 +324,26 @@ class Execution:
             prompt=self.text,
             sampling=SamplingParams(**{**sampling.__dict__, "stop": stop or None}),
             images=tuple(self._images),
+            messages=tuple(self.messages),
+            prefill=self.text[self._role_start :] if self._role == "assistant" else "",
             **fields,
         )
+
+    def _check_chat_shape(self) -> None:
+        """A chat-only model sees messages: text outside a role, or a gen outside an assistant
+        turn, has no place in them and would be lost, so it is refused instead."""
+        if self._loose_text:
+            raise UnsupportedFeatureError(
+                self.backend.name,
+                "take text outside a role: it is a chat model",
+                "wrap the text in lp.system(...), lp.user(...) or lp.assistant(...)",
+            )
+        if self._role != "assistant":
+            raise UnsupportedFeatureError(
+                self.backend.name,
+                "generate outside an assistant turn: it is a chat model",
+                "put the gen inside lp.assistant(...)",
+            )
 
     def _end_marker(self) -> str:
         template = self.backend.cached_chat_template()
@@ -373,7 +404,8 @@ class Execution:
 
     async def _select(self, node: Select) -> None:
         started = time.perf_counter()
-        scored = await self.backend.score_choices(self.text, node.choices, node.method)
+        context = self._request(self.defaults)
+        scored = await self.backend.score_choices(context, node.choices, node.method)
         index = node.method.decide(scored, node.temperature)
         choice = node.choices[index]
         self._append(choice, "gen", node.name)
@@ -402,6 +434,7 @@ class Execution:
             role_parts=list(self._role_parts),
             images=list(self._images),
             scopes=dict(self._scopes),
+            loose_text=self._loose_text,
         )
 
     def _restore(self, snapshot: _Snapshot) -> None:
@@ -416,6 +449,7 @@ class Execution:
         self._role_parts = list(snapshot.role_parts)
         self._images = list(snapshot.images)
         self._scopes = dict(snapshot.scopes)
+        self._loose_text = snapshot.loose_text
         self._notify()
 
 

@@ -181,9 +181,9 @@ class Runtime(Backend):
         return await self.backend.generate(request, on_text)
 
     async def score_choices(
-        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        return await self.backend.score_choices(prompt, choices, method)
+        return await self.backend.score_choices(context, choices, method)
 
     async def _load_chat_template(self) -> ChatTemplate:
         return await self.backend.chat_template()

@@ -93,13 +93,13 @@ class ScriptedBackend(Backend):
             self.in_flight -= 1
 
     async def score_choices(
-        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
         if self._delay:
             await asyncio.sleep(self._delay)
         scored = []
         for choice in choices:
-            value = self._score(prompt, choice)
+            value = self._score(context.prompt, choice)
             unconditional: Any = (0.0,) if method.requires_unconditional_logprobs else None
             scored.append(ChoiceLogprobs(choice, (value,), (choice,), unconditional))
         return scored

@@ -26,6 +26,7 @@ class Capabilities:
     constraints: frozenset[str] = frozenset()  # of "regex", "json_schema", "choices", "grammar"
     grammar_syntaxes: frozenset[str] = frozenset()  # of "gbnf", "lark"
     choices_methods: frozenset[str] = frozenset()  # ChoicesMethod.name values it can score
+    chat_only: bool = False  # sees messages, not text: gens only inside assistant turns
     images: bool = False
     streaming: bool = True
     logprobs: bool = False
@@ -48,6 +49,8 @@ class GenerateRequest:
     images: tuple[ImagePart, ...] = ()
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    messages: tuple[dict[str, Any], ...] = ()  # finished turns, OpenAI-style
+    prefill: str = ""  # the open assistant turn's text so far (chat backends continue it)
 
 
 @dataclass
@@ -82,9 +85,10 @@ class Backend(abc.ABC):
         """Complete `request.prompt`. With `on_text`, stream: call it with each new piece."""
 
     async def score_choices(
-        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        """Token logprobs of each choice as a continuation of `prompt`."""
+        """Token logprobs of each choice as a continuation of `context` (its prompt, or its
+        messages for chat models)."""
         raise UnsupportedFeatureError(self.name, "score select choices")
 
     async def chat_template(self) -> ChatTemplate:

@@ -194,7 +194,7 @@ class LlamaCpp(Backend):
     # ----- select -------------------------------------------------------------------------
 
     async def score_choices(
-        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
         """Teacher-force each choice's tokens after the prompt and read their logprobs.
 
@@ -205,13 +205,14 @@ class LlamaCpp(Backend):
         that straddles the boundary), and a token-id grammar forces the rest. Choices go one
         after another so they all reuse the slot that holds the prompt.
         """
+        prompt = context.prompt
         prompt_ids = [i for i, _ in await self._tokenize(prompt)]
         scored = []
         for choice in choices:
             full = await self._tokenize(prompt + choice)
             shared = _common_prefix(prompt_ids, [i for i, _ in full])
-            context, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
-            logprobs = await self._forced(context, ids)
+            before, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
+            logprobs = await self._forced(before, ids)
             unconditional = None
             if method.requires_unconditional_logprobs:
                 unconditional = await self._unconditional(ids)
