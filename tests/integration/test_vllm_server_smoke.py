@@ -1,0 +1,72 @@
+"""Smoke test of a real vLLM server (CPU build, own venv): it installs, starts and completes.
+
+The first run installs vLLM (backends/vllm/install.sh, ~3 min, ~3.4 GB); the server itself
+needs ~25-50 s to start on 2 cores, so everything shares one module-scoped server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+# tests/conftest.py puts tests/ on sys.path, so the helpers import as `support`.
+from support.models import tiny_model_dir
+from support.vllm_server import VLLMServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def vllm_tiny() -> Iterator[VLLMServer]:
+    with VLLMServer(tiny_model_dir(), served_model_name=MODEL) as server:
+        yield server
+
+
+def test_completion_returns_text(vllm_tiny: VLLMServer) -> None:
+    resp = httpx.post(
+        f"{vllm_tiny.url}/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "def hello(world):\n    return",
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+        },
+        timeout=60,
+    )
+    resp.raise_for_status()
+    body = resp.json()
+    choice = body["choices"][0]
+    assert isinstance(choice["text"], str)
+    assert choice["text"]
+    assert choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 8
+    # BOS (id 0) is prepended to text prompts: "<s>" + 13 prompt tokens.
+    assert body["usage"]["prompt_tokens"] == 14
+
+
+def test_regex_is_enforced(vllm_tiny: VLLMServer) -> None:
+    resp = httpx.post(
+        f"{vllm_tiny.url}/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "Answer:",
+            "max_tokens": 20,
+            "temperature": 0,
+            "structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"},
+        },
+        timeout=60,
+    )
+    resp.raise_for_status()
+    text = resp.json()["choices"][0]["text"]
+    assert len(text) == 6 and text[:3].isdigit() and text[3] == "-" and text[4:].isalpha()
+
+
+def test_models_lists_served_name(vllm_tiny: VLLMServer) -> None:
+    data = httpx.get(f"{vllm_tiny.url}/v1/models", timeout=10).json()["data"]
+    assert [m["id"] for m in data] == [MODEL]
+    assert data[0]["max_model_len"] == 2048
