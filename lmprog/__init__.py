@@ -12,11 +12,13 @@ print(state["answer"])
 
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
+from lmprog.backends.openai import VLLM, OpenAI
 from lmprog.choices import (
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
+from lmprog.embed import aembed, embed
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -59,6 +61,7 @@ from lmprog.tools import ToolCall
 __version__ = "0.1.0"
 
 __all__ = [
+    "VLLM",
     "Backend",
     "BackendError",
     "BackendResponseError",
@@ -72,6 +75,7 @@ __all__ = [
     "ForkGroup",
     "LlamaCpp",
     "LmprogError",
+    "OpenAI",
     "Program",
     "ProgramError",
     "ProgramState",
@@ -79,9 +83,11 @@ __all__ = [
     "TemplateError",
     "ToolCall",
     "UnsupportedFeatureError",
+    "aembed",
     "assistant",
     "assistant_begin",
     "assistant_end",
+    "embed",
     "function",
     "gen",
     "gen_int",

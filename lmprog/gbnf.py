@@ -20,8 +20,8 @@ Bounded repeats are emitted as GBNF `{m}`, `{m,}`, `{m,n}`, which llama.cpp expa
 Rejected with ConstraintError: lookahead/lookbehind, backreferences, conditionals, `\b`/`\B`,
 anchors anywhere but the very start (`^`, `\A`) or end (`$`, `\Z`), atomic groups and possessive
 repeats (except `x*+` of one character at the end; elsewhere they change which strings match),
-unbounded repeats of something that can match "" (llama.cpp reports left recursion), and
-IGNORECASE negated classes containing letters.
+unbounded repeats of something that can match "" (llama.cpp reports left recursion),
+IGNORECASE negated classes containing letters, and required NUL or surrogate characters.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class Program:
         progress_bar: bool,
         sampling: dict[str, Any],
     ) -> None:
-        chosen = _resolve_backend(backend)
+        chosen = resolve_backend(backend)
         if max_concurrency is None and isinstance(num_threads, int):
             max_concurrency = num_threads
         limit = asyncio.Semaphore(max_concurrency or await chosen.concurrency_hint())
@@ -210,7 +210,7 @@ class Program:
             else:
                 program_kwargs[key] = value
         defaults = SamplingParams.from_kwargs(**sampling).merged_over(self.defaults)
-        execution = Execution(_resolve_backend(backend), self.name, defaults, stream=stream)
+        execution = Execution(resolve_backend(backend), self.name, defaults, stream=stream)
         state = ProgramState(execution)
         state._done = asyncio.get_running_loop().create_task(
             self._drive(state, tuple(args), program_kwargs)
@@ -236,7 +236,7 @@ class Program:
         return f"<lmprog program {self.name!r}>"
 
 
-def _resolve_backend(backend: Backend | None) -> Backend:
+def resolve_backend(backend: Backend | None) -> Backend:
     chosen = backend or _default_backend
     if chosen is None:
         raise LmprogError(

@@ -9,9 +9,11 @@ previous one byte for byte, and the engine's prefix cache can reuse it.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -64,6 +66,25 @@ class ChatTemplate:
     def builtin(cls, name: str) -> ChatTemplate:
         """One of the templates shipped in lmprog/templates ("gemma3", "chatml")."""
         return _builtin(name)
+
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike[str]) -> ChatTemplate | None:
+        """The template in a transformers model folder (chat_template.jinja, or the
+        tokenizer_config.json entry), or None if there is none or the folder is not here."""
+        folder = Path(path)
+        if not folder.is_dir():
+            return None
+        jinja_file = folder / "chat_template.jinja"
+        if jinja_file.is_file():
+            return cls(jinja_file.read_text(), name=folder.name)
+        config_file = folder / "tokenizer_config.json"
+        if not config_file.is_file():
+            return None
+        source = json.loads(config_file.read_text()).get("chat_template")
+        if isinstance(source, list):  # named templates: take the default one
+            named = {t.get("name"): t.get("template") for t in source}
+            source = named.get("default") or next(iter(named.values()), None)
+        return cls(source, name=folder.name) if isinstance(source, str) else None
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
         try:

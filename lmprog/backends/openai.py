@@ -1,0 +1,651 @@
+"""lp.OpenAI: the OpenAI API or any OpenAI-compatible server, on the official `openai` SDK.
+
+Completion models get the program as text, like the native backends. Chat models get messages:
+a gen ends the assistant turn it sits in; text already written in that turn is sent as an
+assistant prefill where the server can continue a final message (vLLM, llama.cpp), and refused
+where it cannot (the OpenAI API). Constraints use what the server enforces, detected once:
+
+| server   | completions                              | chat                                   |
+| -------- | ---------------------------------------- | -------------------------------------- |
+| openai   | none                                     | json_schema, choices (structured outputs) |
+| vllm     | regex, json_schema, choices, grammar     | the same (`structured_outputs`)        |
+| llamacpp | regex, json_schema, choices, grammar     | the same (`grammar`, `json_schema`)    |
+| generic  | none                                     | json_schema (response_format)          |
+
+Anything else raises UnsupportedFeatureError before the request. The SDK retries 429 (honouring
+Retry-After), 5xx and connection errors with exponential backoff, up to `max_retries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any, Literal
+
+import httpx
+import openai
+
+from lmprog.backends.base import (
+    Backend,
+    Capabilities,
+    GenerateRequest,
+    Generation,
+    TextCallback,
+)
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.constraints import Constraint, choices_constraint
+from lmprog.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    UnsupportedFeatureError,
+)
+from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
+from lmprog.ir import SamplingParams
+from lmprog.templates import ChatTemplate
+
+Server = Literal["openai", "vllm", "llamacpp", "generic"]
+
+_ALL = frozenset({"regex", "json_schema", "choices", "grammar"})
+_ENFORCED: dict[tuple[Server, bool], frozenset[str]] = {
+    ("openai", False): frozenset(),
+    ("openai", True): frozenset({"json_schema", "choices"}),
+    ("vllm", False): _ALL,
+    ("vllm", True): _ALL,
+    ("llamacpp", False): _ALL,
+    ("llamacpp", True): _ALL,
+    ("generic", False): frozenset(),
+    ("generic", True): frozenset({"json_schema"}),
+}
+_GRAMMARS: dict[Server, frozenset[str]] = {
+    "vllm": frozenset({"gbnf", "lark"}),
+    "llamacpp": frozenset({"gbnf"}),
+}
+_COMPLETION_MODELS = ("instruct", "davinci", "babbage", "text-")
+
+
+def _capabilities(server: Server, chat: bool) -> Capabilities:
+    scoring = {"token_length_normalized", "greedy_token_selection"}
+    if server == "vllm" and not chat:  # exact prompt logprobs: every method
+        scoring.add("unconditional_likelihood_normalized")
+    return Capabilities(
+        constraints=_ENFORCED[(server, chat)],
+        grammar_syntaxes=_GRAMMARS.get(server, frozenset()),
+        choices_methods=frozenset(scoring),
+        chat_only=chat,
+        images=chat,
+        streaming=True,
+        logprobs=True,
+        prefix_cache=server in ("vllm", "llamacpp"),
+    )
+
+
+class OpenAI(Backend):
+    """`model` at the OpenAI API, or at `base_url` (any OpenAI-compatible server).
+
+    is_chat_model: None guesses: the OpenAI API serves chat models (but "*instruct*" ones);
+    a server at `base_url` is used through its completions endpoint, which keeps the program's
+    text byte-exact and its prefix cacheable. server: what the server enforces ("openai",
+    "vllm", "llamacpp", "generic"); None detects it on first use.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        is_chat_model: bool | None = None,
+        *,
+        server: Server | None = None,
+        chat_template: str | ChatTemplate | None = None,
+        timeout: float = 600.0,
+        max_retries: int = 3,
+        **client_kwargs: Any,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url.rstrip("/") if base_url else None
+        if is_chat_model is None:
+            is_chat_model = base_url is None and not any(m in model for m in _COMPLETION_MODELS)
+        self.is_chat_model = is_chat_model
+        self._server: Server | None = server or ("openai" if base_url is None else None)
+        self.capabilities = _capabilities(self._server or "vllm", is_chat_model)
+        where = f", base_url={self.base_url!r}" if self.base_url else ""
+        self.name = f"lp.OpenAI({model!r}{where})"
+        self._template_choice = chat_template
+        self._client_args: dict[str, Any] = {
+            "base_url": self.base_url,
+            "api_key": api_key or ("EMPTY" if base_url else None),
+            "timeout": timeout,
+            "max_retries": max_retries,
+            **client_kwargs,
+        }
+        self._client: openai.AsyncOpenAI | None = None
+        self._detect_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<lmprog {self.name}>"  # never the key
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client, made on lmprog's loop the first time it is needed."""
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(**self._client_args)
+        return self._client
+
+    # ----- what the server is --------------------------------------------------------------
+
+    async def server(self) -> Server:
+        """Which kind of server this is, probed once: vLLM answers /version, llama.cpp /props."""
+        if self._server is None:
+            self._detect_lock = self._detect_lock or asyncio.Lock()
+            async with self._detect_lock:
+                if self._server is None:
+                    self._server = await self._probe()
+                    self.capabilities = _capabilities(self._server, self.is_chat_model)
+        return self._server
+
+    async def _probe(self) -> Server:
+        assert self.base_url is not None
+        root = self.base_url.removesuffix("/v1")
+        async with httpx.AsyncClient(timeout=10) as http:
+            for path, kind in (("/version", "vllm"), ("/props", "llamacpp")):
+                try:
+                    response = await http.get(root + path)
+                except httpx.HTTPError as exc:
+                    raise _transport_error(self, exc) from exc
+                if response.status_code == 200:
+                    body = response.json()
+                    if kind == "vllm" and isinstance(body, dict) and "version" in body:
+                        return "vllm"
+                    if kind == "llamacpp" and isinstance(body, dict) and "total_slots" in body:
+                        return "llamacpp"
+        return "generic"
+
+    async def models(self) -> list[str]:
+        """The model ids the server lists."""
+        try:
+            return [m.id async for m in self.client.models.list()]
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        """Chat models never see this template: it only lays out `state.text()` (ChatML).
+        Completion models need the model's own: give it as chat_template=."""
+        choice = self._template_choice
+        if isinstance(choice, ChatTemplate):
+            return choice
+        if isinstance(choice, str):
+            return ChatTemplate.builtin(choice) if "{" not in choice else ChatTemplate(choice)
+        if self.is_chat_model:
+            return ChatTemplate.builtin("chatml")
+        raise UnsupportedFeatureError(
+            self.name,
+            "render roles for a completion model without its chat template",
+            "pass chat_template= (a built-in name such as 'chatml' or Jinja source), or "
+            "is_chat_model=True",
+        )
+
+    # ----- generation ----------------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        server = await self.server()
+        self.check_constraint(request.constraint)
+        if not self.is_chat_model:
+            return await self._send("completion", self._completion_body(request, server), on_text)
+        body = self._chat_body(request, server)
+        if "response_format" in body and request.constraint.kind == "choices":  # type: ignore[union-attr]
+            # The choice comes wrapped in a JSON object: unwrap it, then show it.
+            generation = await self._send("chat", body, None)
+            generation.text = json.loads(generation.text)["lmprog_choice"]
+            if on_text is not None:
+                on_text(generation.text)
+            return generation
+        if server == "llamacpp" and request.prefill:
+            # llama-server repeats the prefill at the start of its answer: drop it.
+            return await self._send("chat", body, on_text, echoed=request.prefill)
+        return await self._send("chat", body, on_text)
+
+    def _sampling(self, request: GenerateRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Standard OpenAI parameters, and the extras only some servers accept."""
+        sampling = request.sampling
+        standard = {
+            "model": self.model,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stop": list(sampling.stop) if sampling.stop else None,
+            "seed": sampling.seed,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+        }
+        extra = {
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "min_tokens": sampling.min_tokens,
+            "ignore_eos": sampling.ignore_eos,
+            "stop_token_ids": list(sampling.stop_token_ids) if sampling.stop_token_ids else None,
+        }
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra and self._server not in ("vllm", "llamacpp"):
+            raise UnsupportedFeatureError(
+                self.name, f"take {', '.join(sorted(extra))}", "leave them unset for this server"
+            )
+        return {k: v for k, v in standard.items() if v is not None}, extra
+
+    def _completion_body(self, request: GenerateRequest, server: Server) -> dict[str, Any]:
+        standard, extra = self._sampling(request)
+        if request.images:
+            raise UnsupportedFeatureError(self.name, "take images through completions")
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "max_tokens": request.sampling.max_new_tokens,
+            **standard,
+        }
+        if request.return_logprob or request.top_logprobs_num:
+            body["logprobs"] = max(request.top_logprobs_num, 1)
+        extra.update(_constraint_extra(request.constraint, server))
+        body["extra_body"] = extra
+        return body
+
+    def _chat_body(self, request: GenerateRequest, server: Server) -> dict[str, Any]:
+        standard, extra = self._sampling(request)
+        messages = [_message(m, request) for m in request.messages]
+        if request.prefill:
+            if server not in ("vllm", "llamacpp"):
+                raise UnsupportedFeatureError(
+                    self.name,
+                    "continue an assistant turn that already has text",
+                    "start the gen at the beginning of lp.assistant(...), one gen per turn",
+                )
+            messages.append({"role": "assistant", "content": request.prefill})
+            if server == "vllm":
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_completion_tokens" if server == "openai" else "max_tokens": (
+                request.sampling.max_new_tokens
+            ),
+            **standard,
+        }
+        if request.return_logprob or request.top_logprobs_num:
+            body["logprobs"] = True
+            if request.top_logprobs_num:
+                body["top_logprobs"] = request.top_logprobs_num
+        constraint = request.constraint
+        if constraint is not None and server in ("openai", "generic"):
+            body["response_format"] = _response_format(constraint)
+        else:
+            extra.update(_constraint_extra(constraint, server))
+        body["extra_body"] = extra
+        return body
+
+    async def _send(
+        self,
+        kind: Literal["chat", "completion"],
+        body: dict[str, Any],
+        on_text: TextCallback | None,
+        echoed: str = "",
+    ) -> Generation:
+        """Send one request; `echoed` is text the server repeats before its answer."""
+        endpoint = self.client.chat.completions if kind == "chat" else self.client.completions
+        try:
+            if on_text is None:
+                generation = _generation(await endpoint.create(**body), kind)
+            else:
+                generation = await self._stream(endpoint, body, kind, _Skip(echoed, on_text))
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        if echoed:
+            if not generation.text.startswith(echoed):
+                raise BackendResponseError(
+                    f"{self.name} did not continue the assistant prefill {echoed[-40:]!r}"
+                )
+            generation.text = generation.text[len(echoed) :]
+        return generation
+
+    async def _stream(
+        self, endpoint: Any, body: dict[str, Any], kind: str, on_text: TextCallback
+    ) -> Generation:
+        stream = await endpoint.create(**body, stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        finish: str | None = None
+        usage: Any = None
+        async for chunk in stream:
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                piece = choice.delta.content if kind == "chat" else choice.text
+                if piece:
+                    pieces.append(piece)
+                    on_text(piece)
+                finish = choice.finish_reason or finish
+        return Generation("".join(pieces), finish, *_usage(usage))
+
+    # ----- select ----------------------------------------------------------------------------
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        """Prompt logprobs where the server returns them (vLLM completions: exact scores);
+        elsewhere the server generates one of the choices under a constraint, and the pick
+        is reported as the only choice with a score."""
+        server = await self.server()
+        if server == "vllm" and not self.is_chat_model:
+            return await self._prompt_logprobs(context, choices, method)
+        self.check_choices_method(method)
+        if "choices" not in self.capabilities.constraints:
+            raise UnsupportedFeatureError(
+                self.name, "constrain or score select() choices", "use a vLLM or llama.cpp server"
+            )
+        request = GenerateRequest(
+            prompt=context.prompt,
+            sampling=SamplingParams(max_new_tokens=max(len(c) for c in choices) + 8, temperature=0),
+            constraint=choices_constraint(list(choices)),
+            messages=context.messages,
+            prefill=context.prefill,
+            images=context.images,
+        )
+        picked = (await self.generate(request)).text
+        return [ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,)) for c in choices]
+
+    async def _prompt_logprobs(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        """Echo prompt+choice with logprobs; the choice's tokens are those that end past the
+        prompt (a token straddling the boundary counts for the choice)."""
+
+        async def score(prefix: str, choice: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+            try:
+                response = await self.client.completions.create(
+                    model=self.model,
+                    prompt=prefix + choice,
+                    max_tokens=1,
+                    echo=True,
+                    logprobs=0,
+                    temperature=0.0,
+                )
+            except openai.OpenAIError as exc:
+                raise _sdk_error(self, exc) from exc
+            logprobs = response.choices[0].logprobs
+            if logprobs is None or logprobs.text_offset is None:
+                raise BackendResponseError(f"{self.name} returned no prompt logprobs")
+            tokens, values = [], []
+            for token, offset, value in zip(
+                logprobs.tokens or [],
+                logprobs.text_offset,
+                logprobs.token_logprobs or [],
+                strict=False,
+            ):
+                if offset + len(token) > len(prefix) and offset < len(prefix) + len(choice):
+                    tokens.append(token)
+                    values.append(float(value) if value is not None else 0.0)
+            return tuple(tokens), tuple(values)
+
+        scored = []
+        for choice in choices:
+            tokens, values = await score(context.prompt, choice)
+            unconditional = None
+            if method.requires_unconditional_logprobs:
+                _, unconditional = await score("", choice)
+            scored.append(ChoiceLogprobs(choice, values, tokens, unconditional))
+        return scored
+
+    # ----- embeddings --------------------------------------------------------------------------
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        try:
+            response = await self.client.embeddings.create(model=self.model, input=texts)
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        return [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class VLLM(OpenAI):
+    """A vLLM server, through its completions API: regex/json/choice/grammar enforced with
+    `structured_outputs`, `select` scored exactly from prompt logprobs, prefix caching.
+
+    model: the served model (default: the only one `/v1/models` lists). chat_template: a
+    built-in name or Jinja source; by default the one in the model's files when the server's
+    model folder is readable from here.
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        model: str | None = None,
+        *,
+        chat_template: str | ChatTemplate | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        base = url.rstrip("/")
+        super().__init__(
+            model or "",
+            base_url=base if base.endswith("/v1") else base + "/v1",
+            api_key=api_key,
+            is_chat_model=False,
+            server="vllm",
+            chat_template=chat_template,
+            timeout=timeout,
+            **client_kwargs,
+        )
+        self.name = f"lp.VLLM({url!r})"
+        self._model_root: str | None = None
+
+    async def _resolve_model(self) -> None:
+        if self.model and self._model_root is not None:
+            return
+        try:
+            listed = [m async for m in self.client.models.list()]
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        if not self.model:
+            if len(listed) != 1:
+                raise BackendError(
+                    f"{self.name} serves {[m.id for m in listed]}: pass model= to pick one"
+                )
+            self.model = listed[0].id
+        chosen = next((m for m in listed if m.id == self.model), None)
+        self._model_root = getattr(chosen, "root", None) or ""
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        await self._resolve_model()
+        return await super().generate(request, on_text)
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        await self._resolve_model()
+        return await super().score_choices(context, choices, method)
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        if self._template_choice is not None:
+            return await super()._load_chat_template()
+        await self._resolve_model()
+        template = ChatTemplate.from_model_dir(self._model_root or "")
+        if template is None:
+            raise UnsupportedFeatureError(
+                self.name,
+                f"find the chat template of {self.model!r} (its files are not readable here)",
+                "pass chat_template= (a built-in name or Jinja source)",
+            )
+        return template
+
+
+# ----- request and response shapes ------------------------------------------------------------
+
+
+class _Skip:
+    """Passes streamed text on, minus the first `count` characters (an echoed prefill)."""
+
+    def __init__(self, echoed: str, on_text: TextCallback) -> None:
+        self._left = len(echoed)
+        self._on_text = on_text
+
+    def __call__(self, piece: str) -> None:
+        if self._left:
+            dropped = min(self._left, len(piece))
+            piece, self._left = piece[dropped:], self._left - dropped
+        if piece:
+            self._on_text(piece)
+
+
+def _constraint_extra(constraint: Constraint | None, server: Server) -> dict[str, Any]:
+    """The request fields that make `server` enforce `constraint` (empty if none)."""
+    if constraint is None:
+        return {}
+    if server == "vllm":
+        if constraint.kind == "regex":
+            return {"structured_outputs": {"regex": constraint.pattern}}
+        if constraint.kind == "choices":
+            return {"structured_outputs": {"choice": list(constraint.choices)}}
+        if constraint.kind == "json_schema":
+            return {"structured_outputs": {"json": constraint.schema}}
+        return {"structured_outputs": {"grammar": constraint.grammar}}
+    if server == "llamacpp":
+        if constraint.kind == "regex":
+            assert constraint.pattern is not None
+            return {"grammar": regex_to_gbnf(constraint.pattern)}
+        if constraint.kind == "choices":
+            return {"grammar": choices_to_gbnf(constraint.choices)}
+        if constraint.kind == "json_schema":
+            return {"json_schema": constraint.schema}
+        return {"grammar": constraint.grammar}
+    raise AssertionError(f"{server} enforces no constraint through request extras")
+
+
+def _response_format(constraint: Constraint) -> dict[str, Any]:
+    """OpenAI structured outputs: the schema itself, or a wrapper object for choices (the
+    API needs an object at the top level)."""
+    if constraint.kind == "choices":
+        schema = {
+            "type": "object",
+            "properties": {"lmprog_choice": {"type": "string", "enum": list(constraint.choices)}},
+            "required": ["lmprog_choice"],
+            "additionalProperties": False,
+        }
+    else:
+        assert constraint.schema is not None
+        schema = constraint.schema
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": _strict_ok(schema)},
+    }
+
+
+def _strict_ok(schema: dict[str, Any]) -> bool:
+    """OpenAI's strict mode needs every object closed and every property required."""
+    if schema.get("type") == "object":
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties", True) is not False:
+            return False
+        if set(schema.get("required", [])) != set(properties):
+            return False
+        return all(_strict_ok(p) for p in properties.values())
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return _strict_ok(schema["items"])
+    return not any(k in schema for k in ("anyOf", "oneOf", "allOf", "$ref", "$defs"))
+
+
+def _message(message: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
+    content = message["content"]
+    if isinstance(content, str):
+        return {"role": message["role"], "content": content}
+    parts = []
+    for part in content:
+        if part["type"] == "image":
+            image = request.images[part["image_index"]]
+            data = base64.b64encode(image.data).decode()
+            parts.append(
+                {"type": "image_url", "image_url": {"url": f"data:{image.mime_type};base64,{data}"}}
+            )
+        else:
+            parts.append({"type": "text", "text": part["text"]})
+    return {"role": message["role"], "content": parts}
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None, int | None]:
+    if usage is None:
+        return None, None, None
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return usage.prompt_tokens, usage.completion_tokens, cached
+
+
+def _generation(response: Any, kind: str) -> Generation:
+    if not response.choices:
+        raise BackendResponseError("the server answered with no choices")
+    choice = response.choices[0]
+    text = choice.message.content if kind == "chat" else choice.text
+    return Generation(
+        text or "",
+        choice.finish_reason,
+        *_usage(response.usage),
+        logprobs=_logprobs(choice.logprobs),
+    )
+
+
+def _logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """Both shapes: chat's `content[i] = {token, logprob, top_logprobs}` (also what
+    llama-server returns on completions) and the legacy completions lists."""
+    if logprobs is None:
+        return None
+    content = getattr(logprobs, "content", None)
+    if content:
+        return [
+            {
+                "token": item.token if hasattr(item, "token") else item["token"],
+                "logprob": item.logprob if hasattr(item, "logprob") else item["logprob"],
+            }
+            for item in content
+        ]
+    tokens = getattr(logprobs, "tokens", None) or []
+    values = getattr(logprobs, "token_logprobs", None) or []
+    return [{"token": t, "logprob": v} for t, v in zip(tokens, values, strict=False)]
+
+
+def _transport_error(backend: Backend, exc: httpx.HTTPError) -> BackendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendTimeoutError(f"{backend.name} did not answer in time")
+    return BackendUnavailableError(
+        f"cannot reach {backend.name} ({type(exc).__name__}); is the server running and the "
+        "base_url right?"
+    )
+
+
+def _sdk_error(backend: Backend, exc: openai.OpenAIError) -> BackendError:
+    """The SDK's errors as lmprog's, with the server's message but never a credential."""
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendTimeoutError(f"{backend.name} did not answer in time (after retries)")
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailableError(
+            f"cannot reach {backend.name} (after retries): {exc.__cause__ or exc}; is the server "
+            "running and the base_url right?"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return BackendResponseError(
+            f"{backend.name} answered HTTP {exc.status_code}: {_status_message(exc)}",
+            exc.status_code,
+        )
+    return BackendResponseError(f"{backend.name} sent a response lmprog could not use: {exc}")
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])[:500]
+        if "message" in body:
+            return str(body["message"])[:500]
+    return str(exc.message)[:500]
