@@ -8,9 +8,10 @@ started with lp.Runtime, so the launcher users get is the one the tests use.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,3 +50,40 @@ def tiny(tiny_server: lp.Runtime) -> lp.LlamaCpp:
 @pytest.fixture(scope="session")
 def gemma(gemma_server: lp.Runtime) -> lp.LlamaCpp:
     return lp.LlamaCpp(gemma_server.url, chat_template="gemma3")
+
+
+SUITE_BACKENDS = ["llamacpp", "openai@llamacpp"]
+
+
+@pytest.fixture(scope="session", params=SUITE_BACKENDS)
+def suite_target(request: pytest.FixtureRequest) -> tuple[str, lp.Backend, str]:
+    """(name, backend, server url) for each backend the program suite runs on."""
+    name = request.param
+    if name == "llamacpp":
+        server = request.getfixturevalue("tiny_server")
+        return name, lp.LlamaCpp(server.url), server.url
+    if name == "openai@llamacpp":
+        server = request.getfixturevalue("tiny_server")
+        return name, lp.OpenAI("tiny", base_url=server.url + "/v1"), server.url
+    raise AssertionError(name)
+
+
+@pytest.fixture
+def backend(suite_target: tuple[str, lp.Backend, str]) -> lp.Backend:
+    return suite_target[1]
+
+
+@pytest.fixture
+def raw_completion(suite_target: tuple[str, lp.Backend, str]) -> Callable[[str, int], str]:
+    """Greedy text for a prompt, straight from the server's own API, without lmprog."""
+    name, _, url = suite_target
+
+    def complete(prompt: str, max_tokens: int) -> str:
+        if name.endswith("llamacpp") and name.startswith("llamacpp"):
+            body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0}
+            return str(httpx.post(f"{url}/completion", json=body, timeout=120).json()["content"])
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        reply = httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()
+        return str(reply["choices"][0]["text"])
+
+    return complete

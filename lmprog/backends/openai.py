@@ -180,12 +180,35 @@ class OpenAI(Backend):
             return ChatTemplate.builtin(choice) if "{" not in choice else ChatTemplate(choice)
         if self.is_chat_model:
             return ChatTemplate.builtin("chatml")
-        raise UnsupportedFeatureError(
-            self.name,
-            "render roles for a completion model without its chat template",
-            "pass chat_template= (a built-in name such as 'chatml' or Jinja source), or "
-            "is_chat_model=True",
-        )
+        template = await self._server_template()
+        if template is None:
+            raise UnsupportedFeatureError(
+                self.name,
+                f"find the chat template of {self.model!r} to render roles as text",
+                "pass chat_template= (a built-in name such as 'chatml' or Jinja source), or "
+                "is_chat_model=True",
+            )
+        return template
+
+    async def _server_template(self) -> ChatTemplate | None:
+        """The model's own template, where the server tells it (llama.cpp's /props) or its
+        model folder is readable from here (vLLM's /v1/models `root`)."""
+        server = await self.server()
+        if server == "llamacpp":
+            assert self.base_url is not None
+            async with httpx.AsyncClient(timeout=30) as http:
+                props = (await http.get(self.base_url.removesuffix("/v1") + "/props")).json()
+            source = props.get("chat_template")
+            return ChatTemplate(source, name="server") if source else None
+        if server == "vllm":
+            try:
+                listed = [m async for m in self.client.models.list()]
+            except openai.OpenAIError as exc:
+                raise _sdk_error(self, exc) from exc
+            served = next((m for m in listed if m.id == self.model), None)
+            root = getattr(served, "root", None)
+            return ChatTemplate.from_model_dir(root) if root else None
+        return None
 
     # ----- generation ----------------------------------------------------------------------
 
@@ -438,23 +461,15 @@ class VLLM(OpenAI):
             **client_kwargs,
         )
         self.name = f"lp.VLLM({url!r})"
-        self._model_root: str | None = None
 
     async def _resolve_model(self) -> None:
-        if self.model and self._model_root is not None:
+        """With no model= given, use the one model the server serves."""
+        if self.model:
             return
-        try:
-            listed = [m async for m in self.client.models.list()]
-        except openai.OpenAIError as exc:
-            raise _sdk_error(self, exc) from exc
-        if not self.model:
-            if len(listed) != 1:
-                raise BackendError(
-                    f"{self.name} serves {[m.id for m in listed]}: pass model= to pick one"
-                )
-            self.model = listed[0].id
-        chosen = next((m for m in listed if m.id == self.model), None)
-        self._model_root = getattr(chosen, "root", None) or ""
+        listed = await self.models()
+        if len(listed) != 1:
+            raise BackendError(f"{self.name} serves {listed}: pass model= to pick one")
+        self.model = listed[0]
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None
@@ -469,17 +484,8 @@ class VLLM(OpenAI):
         return await super().score_choices(context, choices, method)
 
     async def _load_chat_template(self) -> ChatTemplate:
-        if self._template_choice is not None:
-            return await super()._load_chat_template()
         await self._resolve_model()
-        template = ChatTemplate.from_model_dir(self._model_root or "")
-        if template is None:
-            raise UnsupportedFeatureError(
-                self.name,
-                f"find the chat template of {self.model!r} (its files are not readable here)",
-                "pass chat_template= (a built-in name or Jinja source)",
-            )
-        return template
+        return await super()._load_chat_template()
 
 
 # ----- request and response shapes ------------------------------------------------------------

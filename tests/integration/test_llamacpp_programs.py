@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Annotated, Literal
+from typing import Literal
 
 import httpx
 import pydantic
@@ -138,66 +136,6 @@ def test_greedy_output_equals_a_raw_request_with_the_same_text(
 # ----- plumbing and constraints, on the tiny model ----------------------------------------
 
 
-def test_greedy_output_equals_raw_request_on_tiny(tiny: lp.LlamaCpp, tiny_server) -> None:
-    @lp.function
-    def ramble(s):
-        s += "def main():\n" + lp.gen("body", max_tokens=24, temperature=0)
-
-    state = ramble.run(backend=tiny)
-    raw = httpx.post(
-        f"{tiny_server.url}/completion",
-        json={"prompt": "def main():\n", "n_predict": 24, "temperature": 0},
-        timeout=60,
-    ).json()
-    assert state["body"] == raw["content"]
-
-
-CONSTRAINED = [
-    ({"type": int}, int),
-    ({"type": float}, float),
-    ({"type": bool}, bool),
-    ({"regex": r"[A-Z][a-z]{2,6}-\d{2}"}, str),
-    ({"regex": r"(yes|no|maybe)"}, str),
-    ({"type": Tag}, Tag),
-    ({"type": Annotated[list[int], pydantic.Field(max_length=4)]}, list),
-    (
-        {
-            "json_schema": {
-                "type": "object",
-                "properties": {"k": {"enum": ["a", "b"]}},
-                "required": ["k"],
-            }
-        },
-        dict,
-    ),
-]
-
-
-@pytest.mark.parametrize(("kwargs", "python_type"), CONSTRAINED)
-def test_constrained_outputs_always_validate(tiny: lp.LlamaCpp, kwargs, python_type) -> None:
-    @lp.function
-    def constrained(s, seed):
-        s += f"value {seed}: " + lp.gen("v", max_tokens=400, temperature=1.0, seed=seed, **kwargs)
-
-    states = constrained.run_batch([(seed,) for seed in range(12)], backend=tiny)
-    for state in states:
-        assert state.error() is None, state.error()
-        assert isinstance(state["v"], python_type)
-    if "regex" in kwargs:
-        assert all(re.fullmatch(kwargs["regex"], s["v"]) for s in states)
-
-
-def test_grammar_is_enforced(tiny: lp.LlamaCpp) -> None:
-    grammar = 'root ::= "(" [0-9]{1,4} " " ("+" | "-") " " [0-9]{1,4} ")"'
-
-    @lp.function
-    def expr(s, seed):
-        s += "expr: " + lp.gen("e", grammar=grammar, max_tokens=48, temperature=1.0, seed=seed)
-
-    for state in expr.run_batch([(i,) for i in range(6)], backend=tiny):
-        assert re.fullmatch(r"\(\d+ [+-] \d+\)", state["e"]), state.error()
-
-
 def test_lark_grammar_is_refused_before_any_request(tiny: lp.LlamaCpp) -> None:
     @lp.function
     def expr(s):
@@ -208,79 +146,7 @@ def test_lark_grammar_is_refused_before_any_request(tiny: lp.LlamaCpp) -> None:
     assert "LARK" in str(error)
 
 
-def test_fork_join_with_concurrent_branches(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    def branches(s):
-        s += "shared prefix\n"
-        forks = s.fork(4)
-        forks += lambda i: f"branch {i}:" + lp.gen("out", max_tokens=8, temperature=0)
-        forks.join()
-        s += "merged" + lp.gen("final", max_tokens=4, temperature=0)
-        return [f.text() for f in forks]
-
-    state = branches.run(backend=tiny)
-    assert state.error() is None
-    assert len(state["out"]) == 4
-    assert all(t.startswith(f"shared prefix\nbranch {i}:") for i, t in enumerate(state.ret_value))
-    assert state.text().startswith("shared prefix\nmerged")
-
-
-def test_streaming_chunks_add_up_to_the_final_text(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    def story(s):
-        s += lp.user("Tell me a story.")
-        s += lp.assistant(lp.gen("story", max_tokens=40, temperature=0, ignore_eos=True))
-
-    state = story.run(backend=tiny, stream=True)
-    pieces = list(state.text_iter("story"))
-    assert len(pieces) > 10
-    assert "".join(pieces) == state["story"]
-    assert state.get_meta_info("story")["completion_tokens"] == 40
-
-
-def test_batch_of_120_programs(tiny: lp.LlamaCpp) -> None:
-    states = capital.run_batch([(f"country {i}",) for i in range(120)], backend=tiny)
-    assert len(states) == 120
-    assert all(s.error() is None for s in states)
-    assert all(s.text().endswith(f"country {i}?\nA:" + s["answer"]) for i, s in enumerate(states))
-
-
-async def test_async_programs(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    async def two_step(s, topic):
-        s += f"{topic}:" + lp.gen("a", max_tokens=4, temperature=0)
-        first = await s.aget("a")
-        s += " then" + lp.gen("b", max_tokens=4, temperature=0)
-        return first + "|" + s["b"]
-
-    states = await two_step.arun_batch([(f"t{i}",) for i in range(8)], backend=tiny)
-    assert all(s.error() is None and "|" in s.ret_value for s in states)
-
-
-def test_logprobs_on_request(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    def prog(s):
-        s += "x = " + lp.gen(
-            "v", max_tokens=3, temperature=0, return_logprob=True, top_logprobs_num=2
-        )
-
-    meta = prog.run(backend=tiny).get_meta_info("v")
-    assert len(meta["output_token_logprobs"]) == 3
-    assert all(p["logprob"] <= 0 for p in meta["output_token_logprobs"])
-
-
 # ----- bad input: each a clear error on that program's state; the rest go on --------------
-
-
-def test_invalid_regex_fails_before_any_request(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    def bad(s):
-        s += "x" + lp.gen("v", regex="(unclosed")
-
-    error = bad.run(backend=tiny).error()
-    assert isinstance(error.cause, lp.ConstraintError)
-    assert error.primitive == "gen('v')"
-    assert "'bad'" in str(error) and "gen('v')" in str(error) and "(unclosed" in str(error)
 
 
 def test_unreachable_server() -> None:
@@ -289,19 +155,6 @@ def test_unreachable_server() -> None:
     assert isinstance(error.cause, lp.BackendUnavailableError)
     assert "'capital'" in str(error) and "gen('answer')" in str(error)
     assert "127.0.0.1:9" in str(error)
-
-
-def test_server_error_fails_one_program_and_the_batch_finishes(tiny: lp.LlamaCpp) -> None:
-    @lp.function
-    def maybe_bad(s, grammar):
-        s += "x" + lp.gen("v", max_tokens=4, grammar=grammar)
-
-    good = 'root ::= "ok"'
-    states = maybe_bad.run_batch([(good,), ("root ::= (",), (good,)], backend=tiny)
-    assert states[0]["v"] == "ok" and states[2]["v"] == "ok"
-    error = states[1].error()
-    assert isinstance(error.cause, lp.BackendResponseError)
-    assert "HTTP 4" in str(error) or "HTTP 5" in str(error)
 
 
 def test_timeout_is_a_clear_error(tiny_server) -> None:
@@ -322,39 +175,6 @@ def test_chat_template_comes_from_the_server(tiny: lp.LlamaCpp) -> None:
 
     text = hello.run(backend=tiny).text()
     assert text.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-
-
-def test_json_schema_given_as_string(tiny: lp.LlamaCpp) -> None:
-    schema = json.dumps({"type": "array", "items": {"type": "integer"}, "maxItems": 3})
-
-    @lp.function
-    def arr(s):
-        s += "nums: " + lp.gen("v", json_schema=schema, max_tokens=32, temperature=0)
-
-    state = arr.run(backend=tiny)
-    assert state.error() is None and isinstance(state["v"], list)
-
-
-def test_tool_calls_always_parse_and_run(tiny: lp.LlamaCpp) -> None:
-    def lookup(city: Literal["Paris", "Rome"]) -> str:
-        """Weather in a city."""
-        return {"Paris": "rain", "Rome": "sun"}[city]
-
-    def count(n: Annotated[int, pydantic.Field(ge=0, le=99)]) -> int:
-        return n
-
-    @lp.function
-    def agent(s, seed):
-        s += "Tool call: " + lp.gen("call", tools=[lookup, count], max_tokens=200, seed=seed)
-        return s["call"]
-
-    for state in agent.run_batch([(i,) for i in range(8)], backend=tiny, temperature=1.0):
-        assert state.error() is None, state.error()
-        call = state.ret_value
-        assert call.name in ("lookup", "count")
-        assert call.result == (
-            lookup(**call.arguments) if call.name == "lookup" else call.arguments["n"]
-        )
 
 
 def test_images_need_a_vision_model(tiny: lp.LlamaCpp) -> None:

@@ -195,10 +195,8 @@ class VLLMServer:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
         # The engine core and worker may outlive the API server: always sweep the group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
