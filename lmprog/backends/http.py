@@ -16,23 +16,37 @@ from lmprog.errors import (
 )
 
 
+class Secret:
+    """Holds a credential; prints as *** so no repr, log or error can show it."""
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def reveal(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'" if self._value else "None"
+
+
 class JsonClient:
     """POST/GET JSON and server-sent events against one server, mapping failures to lmprog
     errors. The httpx client is created lazily, on the loop that first uses it."""
 
-    def __init__(self, base_url: str, server: str, timeout: float, headers: dict[str, str]) -> None:
+    def __init__(self, base_url: str, server: str, timeout: float, api_key: Secret) -> None:
         self.base_url = base_url.rstrip("/")
         self.server = server
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._headers = headers
+        self._api_key = api_key
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            key = self._api_key.reveal()
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 timeout=self.timeout,
-                headers=self._headers,
+                headers={"Authorization": f"Bearer {key}"} if key else {},
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             )
         return self._client

@@ -20,7 +20,7 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
 )
-from lmprog.backends.http import JsonClient
+from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
@@ -64,8 +64,7 @@ class LlamaCpp(Backend):
     ) -> None:
         self.url = url.rstrip("/")
         self.name = f"lp.LlamaCpp({self.url!r})"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = JsonClient(self.url, "llama-server", timeout, headers)
+        self._http = JsonClient(self.url, "llama-server", timeout, Secret(api_key))
         self._template_choice = chat_template
         self._props: dict[str, Any] | None = None
         self._props_lock: asyncio.Lock | None = None

@@ -33,6 +33,7 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
 )
+from lmprog.backends.http import Secret
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import (
@@ -114,9 +115,9 @@ class OpenAI(Backend):
         where = f", base_url={self.base_url!r}" if self.base_url else ""
         self.name = f"lp.OpenAI({model!r}{where})"
         self._template_choice = chat_template
+        self._api_key = Secret(api_key or ("EMPTY" if base_url else None))
         self._client_args: dict[str, Any] = {
             "base_url": self.base_url,
-            "api_key": api_key or ("EMPTY" if base_url else None),
             "timeout": timeout,
             "max_retries": max_retries,
             **client_kwargs,
@@ -131,7 +132,7 @@ class OpenAI(Backend):
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client, made on lmprog's loop the first time it is needed."""
         if self._client is None:
-            self._client = openai.AsyncOpenAI(**self._client_args)
+            self._client = openai.AsyncOpenAI(api_key=self._api_key.reveal(), **self._client_args)
         return self._client
 
     # ----- what the server is --------------------------------------------------------------
@@ -321,6 +322,10 @@ class OpenAI(Backend):
                 generation = await self._stream(endpoint, body, kind, _Skip(echoed, on_text))
         except openai.OpenAIError as exc:
             raise _sdk_error(self, exc) from exc
+        except ValueError as exc:  # the SDK's JSON decoding of a body that is not JSON
+            raise BackendResponseError(
+                f"{self.name} sent a body that is not the JSON it should be: {exc}"
+            ) from exc
         if echoed:
             if not generation.text.startswith(echoed):
                 raise BackendResponseError(
@@ -344,6 +349,11 @@ class OpenAI(Backend):
                     pieces.append(piece)
                     on_text(piece)
                 finish = choice.finish_reason or finish
+        if finish is None:
+            raise BackendResponseError(
+                f"{self.name}'s stream ended before the answer did (no finish_reason); "
+                f"got {''.join(pieces)[:80]!r}"
+            )
         return Generation("".join(pieces), finish, *_usage(usage))
 
     # ----- select ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ needs ~25-50 s to start on 2 cores, so everything shares one module-scoped serve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -70,3 +71,28 @@ def test_models_lists_served_name(vllm_tiny: VLLMServer) -> None:
     data = httpx.get(f"{vllm_tiny.url}/v1/models", timeout=10).json()["data"]
     assert [m["id"] for m in data] == [MODEL]
     assert data[0]["max_model_len"] == 2048
+
+
+def test_json_schema_is_compact_and_valid(vllm_tiny: VLLMServer) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    resp = httpx.post(
+        f"{vllm_tiny.url}/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "Answer:",
+            "max_tokens": 40,
+            "temperature": 0,
+            "structured_outputs": {"json": schema},
+        },
+        timeout=60,
+    )
+    resp.raise_for_status()
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    value = json.loads(choice["text"])
+    assert isinstance(value["a"], int)

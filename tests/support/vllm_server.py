@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,11 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO_ROOT / "backends" / "vllm" / "install.sh"
+
+# llguidance ("guidance") takes regex, choice, JSON schema and both GBNF and Lark grammars, and
+# honours disable_any_whitespace; vLLM's default ("auto": xgrammar first) lets JSON fill up
+# with whitespace on a weak model (the tiny one wrote 60 tokens of newlines inside `{`).
+DEFAULT_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 
 _python: Path | None = None
 
@@ -57,7 +63,8 @@ class VLLMServer:
     (start-up ~25-50 s instead of minutes), ``--enable-prompt-tokens-details`` makes
     ``usage.prompt_tokens_details.cached_tokens`` appear (prefix-cache hits, whole 128-token
     blocks), and ``VLLM_CPU_KVCACHE_SPACE`` bounds the KV cache (GiB; the default would take a
-    large share of RAM). ``served_model_name`` is the id that requests must send as ``model``.
+    large share of RAM). ``structured_outputs_config=None`` keeps vLLM's own default
+    (``backend: auto``). ``served_model_name`` is the id that requests must send as ``model``.
     """
 
     START_TIMEOUT_S = 180.0
@@ -72,6 +79,7 @@ class VLLMServer:
         dtype: str = "auto",
         kv_cache_gib: int = 2,
         max_num_seqs: int | None = None,
+        structured_outputs_config: Mapping[str, object] | None = DEFAULT_STRUCTURED_OUTPUTS,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
@@ -82,6 +90,7 @@ class VLLMServer:
         self.dtype = dtype
         self.kv_cache_gib = kv_cache_gib
         self.max_num_seqs = max_num_seqs
+        self.structured_outputs_config = structured_outputs_config
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
         self.port: int | None = None
@@ -122,6 +131,9 @@ class VLLMServer:
         ]  # fmt: skip
         if self.max_num_seqs is not None:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.structured_outputs_config is not None:
+            config = json.dumps(dict(self.structured_outputs_config))
+            cmd += ["--structured-outputs-config", config]
         cmd += self.extra_args
         return cmd
 
