@@ -87,3 +87,13 @@ def raw_completion(suite_target: tuple[str, lp.Backend, str]) -> Callable[[str, 
         return str(reply["choices"][0]["text"])
 
     return complete
+
+
+CHAT_TARGETS = ["llamacpp"]
+
+
+@pytest.fixture(scope="session", params=CHAT_TARGETS)
+def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
+    """lp.OpenAI in chat mode on each server's /v1/chat/completions."""
+    server = request.getfixturevalue("tiny_server")
+    return lp.OpenAI("tiny", base_url=server.url + "/v1", is_chat_model=True)
