@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from support.models import tiny_model_gguf
 
 import lmprog as lp
-from support.models import tiny_model_gguf
 
 pytestmark = pytest.mark.engine
 
