@@ -97,3 +97,17 @@ def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
     """lp.OpenAI in chat mode on each server's /v1/chat/completions."""
     server = request.getfixturevalue("tiny_server")
     return lp.OpenAI("tiny", base_url=server.url + "/v1", is_chat_model=True)
+
+
+@pytest.fixture(scope="session")
+def matrix_targets(tiny_server: lp.Runtime) -> dict[str, tuple[lp.Backend, bool]]:
+    """Every backend configuration of the constraint matrix: name -> (backend, is chat)."""
+    base = tiny_server.url + "/v1"
+    return {
+        "lp.LlamaCpp": (lp.LlamaCpp(tiny_server.url), False),
+        "lp.OpenAI → llama-server, completions": (lp.OpenAI("tiny", base_url=base), False),
+        "lp.OpenAI → llama-server, chat": (
+            lp.OpenAI("tiny", base_url=base, is_chat_model=True),
+            True,
+        ),
+    }

@@ -76,8 +76,12 @@ def test_models_lists_served_name(vllm_tiny: VLLMServer) -> None:
 def test_json_schema_is_compact_and_valid(vllm_tiny: VLLMServer) -> None:
     schema = {
         "type": "object",
-        "properties": {"a": {"type": "integer"}},
-        "required": ["a"],
+        # Bounded: an unbounded integer lets a random model write digits up to max_tokens.
+        "properties": {
+            "a": {"type": "integer", "minimum": 0, "maximum": 99},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["a", "ok"],
         "additionalProperties": False,
     }
     resp = httpx.post(
@@ -94,5 +98,7 @@ def test_json_schema_is_compact_and_valid(vllm_tiny: VLLMServer) -> None:
     resp.raise_for_status()
     choice = resp.json()["choices"][0]
     assert choice["finish_reason"] == "stop"
+    assert " " not in choice["text"] and "\n" not in choice["text"]
     value = json.loads(choice["text"])
-    assert isinstance(value["a"], int)
+    assert 0 <= value["a"] <= 99
+    assert isinstance(value["ok"], bool)

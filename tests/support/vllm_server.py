@@ -175,14 +175,20 @@ class VLLMServer:
             if self._wait_ready():
                 self.startup_s = time.monotonic() - t0
                 return self
+            assert self._proc is not None
+            code = self._proc.poll()
             tail = self.log_tail().lower()
-            bind_failed = "address already in use" in tail or "bind" in tail
+            bind_failed = "address already in use" in tail
             self.stop()
             if not bind_failed:
                 break
+        why = (
+            f"exited with code {code}"
+            if code is not None
+            else (f"not ready within {self.START_TIMEOUT_S:.0f} s")
+        )
         raise RuntimeError(
-            f"vLLM server did not become ready ({self.model.name}) within "
-            f"{self.START_TIMEOUT_S:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+            f"vLLM server {why} ({self.model}); log {self.log_path}:\n{self.log_tail()}"
         )
 
     def _wait_ready(self) -> bool:
