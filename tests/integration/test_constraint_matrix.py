@@ -44,8 +44,8 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[Any], bool]]] = {
                 "required": ["k"],
                 "additionalProperties": False,
             },
-            max_tokens=48,
-        ),  # fmt: skip
+            max_tokens=400,
+        ),
         lambda v: v in ({"k": "a"}, {"k": "b"}),
     ),
     "type=int": (lambda: lp.gen("v", type=int, max_tokens=24), lambda v: isinstance(v, int)),

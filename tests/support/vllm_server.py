@@ -158,6 +158,7 @@ class VLLMServer:
         if not self.model.is_dir():
             raise FileNotFoundError(self.model)
         t0 = time.monotonic()
+        code: int | None = None
         # The port is probed then released, so another process may grab it first: retry.
         for _attempt in range(3):
             port = _free_port()
@@ -182,11 +183,10 @@ class VLLMServer:
             self.stop()
             if not bind_failed:
                 break
-        why = (
-            f"exited with code {code}"
-            if code is not None
-            else (f"not ready within {self.START_TIMEOUT_S:.0f} s")
-        )
+        if code is None:
+            why = f"not ready within {self.START_TIMEOUT_S:.0f} s"
+        else:
+            why = f"exited with code {code}"
         raise RuntimeError(
             f"vLLM server {why} ({self.model}); log {self.log_path}:\n{self.log_tail()}"
         )
