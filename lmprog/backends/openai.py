@@ -33,8 +33,8 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
 )
-from lmprog.backends.http import Secret
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.backends.http import JsonClient, Secret
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
 from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import (
     BackendError,
@@ -123,6 +123,7 @@ class OpenAI(Backend):
             **client_kwargs,
         }
         self._client: openai.AsyncOpenAI | None = None
+        self._native_client: JsonClient | None = None
         self._detect_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -386,44 +387,71 @@ class OpenAI(Backend):
     async def _prompt_logprobs(
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        """Echo prompt+choice with logprobs; the choice's tokens are those that end past the
-        prompt (a token straddling the boundary counts for the choice)."""
+        """Exact scores from vLLM's prompt logprobs, all choices in one request.
 
-        async def score(prefix: str, choice: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
-            try:
-                response = await self.client.completions.create(
-                    model=self.model,
-                    prompt=prefix + choice,
-                    max_tokens=1,
-                    echo=True,
-                    logprobs=0,
-                    temperature=0.0,
-                )
-            except openai.OpenAIError as exc:
-                raise _sdk_error(self, exc) from exc
-            logprobs = response.choices[0].logprobs
-            if logprobs is None or logprobs.text_offset is None:
+        prompt+choice is tokenized as a whole and the tokens after those it shares with the
+        prompt are the choice's (a word straddling the boundary is settled the way the model
+        would read it); they are sent as token ids, so nothing is tokenized twice.
+        """
+        prompt_ids = await self._tokenize(context.prompt)
+        fulls = [await self._tokenize(context.prompt + choice) for choice in choices]
+        starts = [shared_prefix_length(prompt_ids, full) for full in fulls]
+        conditional = await self._score_ids(fulls, starts)
+        unconditional: list[tuple[tuple[str, ...], tuple[float, ...]]] = []
+        if method.requires_unconditional_logprobs:
+            bos = (await self._tokenize(""))[:1]
+            alone = [bos + full[start:] for full, start in zip(fulls, starts, strict=True)]
+            unconditional = await self._score_ids(alone, [len(bos)] * len(alone))
+        return [
+            ChoiceLogprobs(
+                choice,
+                conditional[i][1],
+                conditional[i][0],
+                unconditional[i][1] if unconditional else None,
+            )
+            for i, choice in enumerate(choices)
+        ]
+
+    async def _tokenize(self, text: str) -> list[int]:
+        assert self.base_url is not None
+        body = {"model": self.model, "prompt": text, "add_special_tokens": True}
+        reply = await self._native().post("/tokenize", body)
+        return [int(t) for t in reply["tokens"]]
+
+    def _native(self) -> JsonClient:
+        """vLLM's own endpoints beside the OpenAI ones (/tokenize)."""
+        if self._native_client is None:
+            assert self.base_url is not None
+            root = self.base_url.removesuffix("/v1")
+            self._native_client = JsonClient(root, "vLLM", 600.0, self._api_key)
+        return self._native_client
+
+    async def _score_ids(
+        self, prompts: list[list[int]], starts: list[int]
+    ) -> list[tuple[tuple[str, ...], tuple[float, ...]]]:
+        """(pieces, logprobs) of prompts[i][starts[i]:], teacher-forced, in one request."""
+        try:
+            response = await self.client.completions.create(
+                model=self.model,
+                prompt=prompts,
+                max_tokens=1,
+                temperature=0.0,
+                extra_body={"prompt_logprobs": 0},
+            )
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        results: list[tuple[tuple[str, ...], tuple[float, ...]]] = [((), ())] * len(prompts)
+        for choice in response.choices:
+            entries = getattr(choice, "prompt_logprobs", None)
+            if entries is None:
                 raise BackendResponseError(f"{self.name} returned no prompt logprobs")
-            tokens, values = [], []
-            for token, offset, value in zip(
-                logprobs.tokens or [],
-                logprobs.text_offset,
-                logprobs.token_logprobs or [],
-                strict=False,
-            ):
-                if offset + len(token) > len(prefix) and offset < len(prefix) + len(choice):
-                    tokens.append(token)
-                    values.append(float(value) if value is not None else 0.0)
-            return tuple(tokens), tuple(values)
-
-        scored = []
-        for choice in choices:
-            tokens, values = await score(context.prompt, choice)
-            unconditional = None
-            if method.requires_unconditional_logprobs:
-                _, unconditional = await score("", choice)
-            scored.append(ChoiceLogprobs(choice, values, tokens, unconditional))
-        return scored
+            ids, start = prompts[choice.index], starts[choice.index]
+            picked = [entries[k][str(ids[k])] for k in range(start, len(ids))]
+            results[choice.index] = (
+                tuple(str(p["decoded_token"]) for p in picked),
+                tuple(float(p["logprob"]) for p in picked),
+            )
+        return results
 
     # ----- embeddings --------------------------------------------------------------------------
 
@@ -438,6 +466,8 @@ class OpenAI(Backend):
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._native_client is not None:
+            await self._native_client.aclose()
 
 
 class VLLM(OpenAI):

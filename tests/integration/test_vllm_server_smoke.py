@@ -7,13 +7,11 @@ needs ~25-50 s to start on 2 cores, so everything shares one module-scoped serve
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 # tests/conftest.py puts tests/ on sys.path, so the helpers import as `support`.
-from support.models import tiny_model_dir
 from support.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
@@ -21,15 +19,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 MODEL = "tiny"
 
 
-@pytest.fixture(scope="module")
-def vllm_tiny() -> Iterator[VLLMServer]:
-    with VLLMServer(tiny_model_dir(), served_model_name=MODEL) as server:
-        yield server
-
-
-def test_completion_returns_text(vllm_tiny: VLLMServer) -> None:
+def test_completion_returns_text(vllm_server: VLLMServer) -> None:
     resp = httpx.post(
-        f"{vllm_tiny.url}/v1/completions",
+        f"{vllm_server.url}/v1/completions",
         json={
             "model": MODEL,
             "prompt": "def hello(world):\n    return",
@@ -50,9 +42,9 @@ def test_completion_returns_text(vllm_tiny: VLLMServer) -> None:
     assert body["usage"]["prompt_tokens"] == 14
 
 
-def test_regex_is_enforced(vllm_tiny: VLLMServer) -> None:
+def test_regex_is_enforced(vllm_server: VLLMServer) -> None:
     resp = httpx.post(
-        f"{vllm_tiny.url}/v1/completions",
+        f"{vllm_server.url}/v1/completions",
         json={
             "model": MODEL,
             "prompt": "Answer:",
@@ -67,13 +59,13 @@ def test_regex_is_enforced(vllm_tiny: VLLMServer) -> None:
     assert len(text) == 6 and text[:3].isdigit() and text[3] == "-" and text[4:].isalpha()
 
 
-def test_models_lists_served_name(vllm_tiny: VLLMServer) -> None:
-    data = httpx.get(f"{vllm_tiny.url}/v1/models", timeout=10).json()["data"]
+def test_models_lists_served_name(vllm_server: VLLMServer) -> None:
+    data = httpx.get(f"{vllm_server.url}/v1/models", timeout=10).json()["data"]
     assert [m["id"] for m in data] == [MODEL]
     assert data[0]["max_model_len"] == 2048
 
 
-def test_json_schema_is_compact_and_valid(vllm_tiny: VLLMServer) -> None:
+def test_json_schema_is_compact_and_valid(vllm_server: VLLMServer) -> None:
     schema = {
         "type": "object",
         # Bounded: an unbounded integer lets a random model write digits up to max_tokens.
@@ -85,7 +77,7 @@ def test_json_schema_is_compact_and_valid(vllm_tiny: VLLMServer) -> None:
         "additionalProperties": False,
     }
     resp = httpx.post(
-        f"{vllm_tiny.url}/v1/completions",
+        f"{vllm_server.url}/v1/completions",
         json={
             "model": MODEL,
             "prompt": "Answer:",
