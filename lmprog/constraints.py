@@ -212,6 +212,23 @@ def type_constraint(python_type: Any) -> Constraint | None:
     return _json_type(python_type)
 
 
+def closed_schema(schema: Any) -> Any:
+    """Close every object that does not say otherwise (`additionalProperties: false`).
+
+    Pydantic ignores unknown fields, so the closed schema accepts every output the model type
+    does; but engines that allow extra keys by default (vLLM's guidance backend) would
+    otherwise let the model wander off into keys nobody asked for.
+    """
+    if isinstance(schema, list):
+        return [closed_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: closed_schema(value) for key, value in schema.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def _json_type(python_type: Any) -> Constraint:
     try:
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(python_type)
@@ -221,7 +238,7 @@ def _json_type(python_type: Any) -> Constraint:
             f"type={python_type!r} is not supported: use a pydantic model, int, float, bool, "
             "str, Literal, Enum, or list/dict of those"
         ) from exc
-    constraint = schema_constraint(schema, adapter)
+    constraint = schema_constraint(closed_schema(schema), adapter)
     name = getattr(python_type, "__name__", repr(python_type))
     return Constraint(
         kind="json_schema",

@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic
 
-from lmprog.constraints import Constraint, schema_constraint
+from lmprog.constraints import Constraint, closed_schema, schema_constraint
 from lmprog.errors import ConstraintError
 
 
@@ -70,7 +70,8 @@ def _spec(tool: Callable[..., Any] | dict[str, Any]) -> ToolSpec:
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[name] = (annotation, default)
     model = pydantic.create_model(f"{tool.__name__}_arguments", **fields)
-    return ToolSpec(tool.__name__, inspect.getdoc(tool) or "", model.model_json_schema(), tool)
+    parameters = closed_schema(model.model_json_schema())
+    return ToolSpec(tool.__name__, inspect.getdoc(tool) or "", parameters, tool)
 
 
 def tools_constraint(specs: tuple[ToolSpec, ...]) -> Constraint:

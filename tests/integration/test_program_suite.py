@@ -108,6 +108,7 @@ CONSTRAINED = [
                 "type": "object",
                 "properties": {"k": {"enum": ["a", "b"]}},
                 "required": ["k"],
+                "additionalProperties": False,
             }
         },
         dict,
