@@ -75,7 +75,8 @@ class Runtime(Backend):
 
     `slots` parallel sequences of `ctx_per_slot` tokens each; any other keyword becomes a
     command-line flag (`threads=2` -> `--threads 2`). `chat_template` is passed to the backend
-    (a built-in name such as "gemma3", or Jinja source).
+    (a built-in name such as "gemma3", or Jinja source). The server's output goes to
+    `log_path` (kept), or to a temporary file removed at shutdown; errors quote its tail.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Runtime(Backend):
         ctx_per_slot: int = 4096,
         chat_template: str | ChatTemplate | None = None,
         startup_timeout: float = 180.0,
+        log_path: str | os.PathLike[str] | None = None,
         **engine_args: Any,
     ) -> None:
         if engine not in _ENGINES:
@@ -108,7 +110,10 @@ class Runtime(Backend):
             "--swa-full",  # full prefix reuse on sliding-window models such as Gemma 3
             *_flags(engine_args),
         ]  # fmt: skip
-        self.log_path = Path(tempfile.mkstemp(prefix="lmprog-llama-server-", suffix=".log")[1])
+        self._own_log = log_path is None  # a temporary log is removed at shutdown
+        self.log_path = Path(
+            log_path or tempfile.mkstemp(prefix="lmprog-llama-server-", suffix=".log")[1]
+        )
         self._log: IO[bytes] = self.log_path.open("wb")
         self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -166,6 +171,8 @@ class Runtime(Backend):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self._log.close()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Runtime:
         return self
