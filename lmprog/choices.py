@@ -126,3 +126,8 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
 token_length_normalized = TokenLengthNormalized()
 greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
+
+ALL_METHODS = frozenset(
+    m.name
+    for m in (token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized)
+)

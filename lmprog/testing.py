@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.templates import ChatTemplate
 
 Responder = Callable[[GenerateRequest], str]
@@ -31,13 +31,7 @@ class ScriptedBackend(Backend):
     capabilities = Capabilities(
         constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
         grammar_syntaxes=frozenset({"gbnf", "lark"}),
-        choices_methods=frozenset(
-            {
-                "token_length_normalized",
-                "greedy_token_selection",
-                "unconditional_likelihood_normalized",
-            }
-        ),
+        choices_methods=ALL_METHODS,
         images=True,
         streaming=True,
         logprobs=True,

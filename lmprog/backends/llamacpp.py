@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from typing import Any
 
 from lmprog.backends.base import (
@@ -21,7 +20,7 @@ from lmprog.backends.base import (
     TextCallback,
 )
 from lmprog.backends.http import JsonClient, Secret
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod, shared_prefix_length
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
@@ -40,13 +39,7 @@ class LlamaCpp(Backend):
     capabilities = Capabilities(
         constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
         grammar_syntaxes=frozenset({"gbnf"}),
-        choices_methods=frozenset(
-            {
-                "token_length_normalized",
-                "greedy_token_selection",
-                "unconditional_likelihood_normalized",
-            }
-        ),
+        choices_methods=ALL_METHODS,
         images=True,
         streaming=True,
         logprobs=True,
@@ -154,7 +147,7 @@ class LlamaCpp(Backend):
                 self.name, "stop on token ids", "use stop= with the token's text"
             )
         if request.constraint is not None:
-            body.update(_constraint_fields(request.constraint))
+            body.update(constraint_fields(request.constraint))
         if request.return_logprob or request.top_logprobs_num:
             body["n_probs"] = max(request.top_logprobs_num, 1)
         if request.images:
@@ -262,13 +255,14 @@ class LlamaCpp(Backend):
         await self._http.aclose()
 
 
-def _constraint_fields(constraint: Constraint) -> dict[str, Any]:
+def constraint_fields(constraint: Constraint) -> dict[str, Any]:
+    """The request fields that make llama-server enforce `constraint` (native and OpenAI API)."""
     if constraint.kind == "regex":
         assert constraint.pattern is not None
         return {"grammar": regex_to_gbnf(constraint.pattern)}
     if constraint.kind == "choices":
         return {"grammar": choices_to_gbnf(constraint.choices)}
     if constraint.kind == "json_schema":
-        return {"json_schema": json.loads(json.dumps(constraint.schema))}
+        return {"json_schema": constraint.schema}
     assert constraint.grammar is not None
     return {"grammar": constraint.grammar}

@@ -34,6 +34,7 @@ from lmprog.backends.base import (
     TextCallback,
 )
 from lmprog.backends.http import JsonClient, Secret
+from lmprog.backends.llamacpp import constraint_fields
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
 from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import (
@@ -43,7 +44,6 @@ from lmprog.errors import (
     BackendUnavailableError,
     UnsupportedFeatureError,
 )
-from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
 from lmprog.ir import SamplingParams
 from lmprog.templates import ChatTemplate
 
@@ -559,14 +559,7 @@ def _constraint_extra(constraint: Constraint | None, server: Server) -> dict[str
             return {"structured_outputs": {"json": constraint.schema}}
         return {"structured_outputs": {"grammar": constraint.grammar}}
     if server == "llamacpp":
-        if constraint.kind == "regex":
-            assert constraint.pattern is not None
-            return {"grammar": regex_to_gbnf(constraint.pattern)}
-        if constraint.kind == "choices":
-            return {"grammar": choices_to_gbnf(constraint.choices)}
-        if constraint.kind == "json_schema":
-            return {"json_schema": constraint.schema}
-        return {"grammar": constraint.grammar}
+        return constraint_fields(constraint)
     raise AssertionError(f"{server} enforces no constraint through request extras")
 
 
