@@ -10,6 +10,7 @@ where it cannot (the OpenAI API). Constraints use what the server enforces, dete
 | openai   | none                                     | json_schema, choices (structured outputs) |
 | vllm     | regex, json_schema, choices, grammar     | the same (`structured_outputs`)        |
 | llamacpp | regex, json_schema, choices, grammar     | the same (`grammar`, `json_schema`)    |
+| sglang   | regex, json_schema, choices, grammar     | the same (`regex`, `json_schema`, `ebnf`) |
 | generic  | none                                     | json_schema (response_format)          |
 
 Anything else raises UnsupportedFeatureError before the request. The SDK retries 429 (honouring
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any, Literal
 
 import httpx
@@ -47,7 +49,7 @@ from lmprog.errors import (
 from lmprog.ir import SamplingParams
 from lmprog.templates import ChatTemplate
 
-Server = Literal["openai", "vllm", "llamacpp", "generic"]
+Server = Literal["openai", "vllm", "llamacpp", "sglang", "generic"]
 
 _ALL = frozenset({"regex", "json_schema", "choices", "grammar"})
 _ENFORCED: dict[tuple[Server, bool], frozenset[str]] = {
@@ -57,12 +59,15 @@ _ENFORCED: dict[tuple[Server, bool], frozenset[str]] = {
     ("vllm", True): _ALL,
     ("llamacpp", False): _ALL,
     ("llamacpp", True): _ALL,
+    ("sglang", False): _ALL,
+    ("sglang", True): _ALL,
     ("generic", False): frozenset(),
     ("generic", True): frozenset({"json_schema"}),
 }
 _GRAMMARS: dict[Server, frozenset[str]] = {
     "vllm": frozenset({"gbnf", "lark"}),
     "llamacpp": frozenset({"gbnf"}),
+    "sglang": frozenset({"gbnf"}),  # its `ebnf` field takes GBNF-style rules
 }
 _COMPLETION_MODELS = ("instruct", "davinci", "babbage", "text-")
 
@@ -79,7 +84,7 @@ def _capabilities(server: Server, chat: bool) -> Capabilities:
         images=chat,
         streaming=True,
         logprobs=True,
-        prefix_cache=server in ("vllm", "llamacpp"),
+        prefix_cache=server in ("vllm", "llamacpp", "sglang"),
     )
 
 
@@ -89,7 +94,7 @@ class OpenAI(Backend):
     is_chat_model: None guesses: the OpenAI API serves chat models (but "*instruct*" ones);
     a server at `base_url` is used through its completions endpoint, which keeps the program's
     text byte-exact and its prefix cacheable. server: what the server enforces ("openai",
-    "vllm", "llamacpp", "generic"); None detects it on first use.
+    "vllm", "llamacpp", "sglang", "generic"); None detects it on first use.
     """
 
     def __init__(
@@ -152,7 +157,8 @@ class OpenAI(Backend):
         assert self.base_url is not None
         root = self.base_url.removesuffix("/v1")
         async with httpx.AsyncClient(timeout=10) as http:
-            for path, kind in (("/version", "vllm"), ("/props", "llamacpp")):
+            probes = (("/get_server_info", "sglang"), ("/version", "vllm"), ("/props", "llamacpp"))
+            for path, kind in probes:
                 try:
                     response = await http.get(root + path)
                 except httpx.HTTPError as exc:
@@ -163,6 +169,8 @@ class OpenAI(Backend):
                         return "vllm"
                     if kind == "llamacpp" and isinstance(body, dict) and "total_slots" in body:
                         return "llamacpp"
+                    if kind == "sglang" and isinstance(body, dict):
+                        return "sglang"
         return "generic"
 
     async def models(self) -> list[str]:
@@ -254,7 +262,7 @@ class OpenAI(Backend):
             "stop_token_ids": list(sampling.stop_token_ids) if sampling.stop_token_ids else None,
         }
         extra = {k: v for k, v in extra.items() if v is not None}
-        if extra and self._server not in ("vllm", "llamacpp"):
+        if extra and self._server not in ("vllm", "llamacpp", "sglang"):
             raise UnsupportedFeatureError(
                 self.name, f"take {', '.join(sorted(extra))}", "leave them unset for this server"
             )
@@ -560,6 +568,14 @@ def _constraint_extra(constraint: Constraint | None, server: Server) -> dict[str
         return {"structured_outputs": {"grammar": constraint.grammar}}
     if server == "llamacpp":
         return constraint_fields(constraint)
+    if server == "sglang":  # SGLang's OpenAI endpoints take these extra string fields
+        if constraint.kind == "regex":
+            return {"regex": constraint.pattern}
+        if constraint.kind == "choices":
+            return {"regex": "|".join(re.escape(c) for c in constraint.choices)}
+        if constraint.kind == "json_schema":
+            return {"json_schema": json.dumps(constraint.schema)}
+        return {"ebnf": constraint.grammar}
     raise AssertionError(f"{server} enforces no constraint through request extras")
 
 

@@ -92,3 +92,20 @@ def test_models_and_usage(server: FakeOpenAI) -> None:
     assert lp.loop.wait(backend.models()) == ["fake"]
     meta = one.run(backend=backend).get_meta_info("a")
     assert (meta["prompt_tokens"], meta["completion_tokens"]) == (5, 2)
+
+
+def test_sglang_is_detected_and_gets_its_constraint_fields() -> None:
+    # No SGLang server can run here (see ENGINES.md): this checks its documented wire contract.
+    with FakeOpenAI(identity="sglang") as server:
+        backend = lp.OpenAI("fake", base_url=server.url)
+
+        @lp.function
+        def constrained(s):
+            s += "x" + lp.gen("a", regex="[a-z ]+", max_tokens=4)
+            s += lp.gen("b", grammar='root ::= "hello world"', max_tokens=4)
+
+        constrained.run(backend=backend)
+        assert lp.loop.wait(backend.server()) == "sglang"
+        first, second = (r for r in server.requests if "prompt" in r)
+        assert first["regex"] == "[a-z ]+"
+        assert second["ebnf"] == 'root ::= "hello world"'

@@ -21,7 +21,8 @@ ANSWER = "hello world"
 class FakeOpenAI:
     """`with FakeOpenAI() as server:` serves on 127.0.0.1 (`server.url` ends in /v1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: str = "") -> None:
+        self.identity = identity  # "sglang": also answer SGLang's /get_server_info
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -60,7 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def do_GET(self) -> None:
-        if self.path.endswith("/models"):
+        if self.path == "/get_server_info" and self.fake.identity == "sglang":
+            self._json(200, {"version": "0.5.10", "tp_size": 1})
+        elif self.path.endswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
         else:
             self._json(404, {"error": {"message": "not found"}})
