@@ -47,7 +47,10 @@ class JsonClient:
                 base_url=self.base_url,
                 timeout=self.timeout,
                 headers={"Authorization": f"Bearer {key}"} if key else {},
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                # idle connections go before the server closes them (llama.cpp: after 5 s)
+                limits=httpx.Limits(
+                    max_connections=256, max_keepalive_connections=64, keepalive_expiry=2.0
+                ),
             )
         return self._client
 

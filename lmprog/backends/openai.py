@@ -26,6 +26,7 @@ import re
 from typing import Any, Literal
 
 import httpx
+import httpx2
 import openai
 
 from lmprog.backends.base import (
@@ -70,6 +71,10 @@ _GRAMMARS: dict[Server, frozenset[str]] = {
     "sglang": frozenset({"gbnf"}),  # its `ebnf` field takes GBNF-style rules
 }
 _COMPLETION_MODELS = ("instruct", "davinci", "babbage", "text-")
+# Idle connections are dropped after 2 s, before servers drop them (uvicorn and llama.cpp close
+# idle keep-alive connections after 5 s): reusing one the server had just closed could leave a
+# request waiting for an answer that never comes (seen with vLLM under a batch).
+_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0)
 
 
 def _capabilities(server: Server, chat: bool) -> Capabilities:
@@ -138,7 +143,11 @@ class OpenAI(Backend):
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client, made on lmprog's loop the first time it is needed."""
         if self._client is None:
-            self._client = openai.AsyncOpenAI(api_key=self._api_key.reveal(), **self._client_args)
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key.reveal(),
+                http_client=openai.DefaultAsyncHttpxClient(limits=_LIMITS),
+                **self._client_args,
+            )
         return self._client
 
     # ----- what the server is --------------------------------------------------------------
