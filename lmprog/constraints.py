@@ -17,11 +17,13 @@ from typing import Any, Literal
 
 import jsonschema
 import pydantic
+import regex
 
 from lmprog.errors import ConstraintError
 
 ConstraintKind = Literal["regex", "json_schema", "choices", "grammar"]
 
+VALIDATION_TIMEOUT_S = 1.0
 INT_REGEX = r"-?(0|[1-9][0-9]{0,17})"
 FLOAT_REGEX = r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?"
 BOOL_REGEX = r"(true|false|True|False)"
@@ -48,9 +50,11 @@ class Constraint:
     _adapter: pydantic.TypeAdapter[Any] | None = field(default=None, repr=False)
 
     @cached_property
-    def _compiled(self) -> re.Pattern[str]:
+    def _compiled(self) -> Any:
+        """Compiled with the `regex` package, which can give up after a timeout: a
+        pathological pattern such as `(a+)+b` must not hang a worker validating output."""
         assert self.pattern is not None
-        return re.compile(self.pattern)
+        return regex.compile(self.pattern)
 
     @property
     def grammar_syntax(self) -> Literal["gbnf", "lark"]:
@@ -59,13 +63,22 @@ class Constraint:
 
     def parse(self, text: str) -> Any:
         """Check `text` against the constraint; return the typed value or raise ConstraintError."""
-        if self.kind == "regex" and not self._compiled.fullmatch(text):
+        if self.kind == "regex" and not self._matches(text):
             raise ConstraintError(f"output {text!r} does not match {self.description}")
         if self.kind == "choices" and text not in self.choices:
             raise ConstraintError(f"output {text!r} is not one of {list(self.choices)}")
         if self.kind == "json_schema":
             return self._parse_json(text)
         return _convert(text, self.python_type)
+
+    def _matches(self, text: str) -> bool:
+        try:
+            return self._compiled.fullmatch(text, timeout=VALIDATION_TIMEOUT_S) is not None
+        except TimeoutError as exc:
+            raise ConstraintError(
+                f"checking the output against {self.description} took over "
+                f"{VALIDATION_TIMEOUT_S} s (the pattern backtracks badly): simplify the regex"
+            ) from exc
 
     def _parse_json(self, text: str) -> Any:
         try:

@@ -77,6 +77,7 @@ class Runtime(Backend):
     command-line flag (`threads=2` -> `--threads 2`). `chat_template` is passed to the backend
     (a built-in name such as "gemma3", or Jinja source). The server's output goes to
     `log_path` (kept), or to a temporary file removed at shutdown; errors quote its tail.
+    It listens on 127.0.0.1:`port` (by default a free port).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class Runtime(Backend):
         chat_template: str | ChatTemplate | None = None,
         startup_timeout: float = 180.0,
         log_path: str | os.PathLike[str] | None = None,
+        port: int | None = None,
         **engine_args: Any,
     ) -> None:
         if engine not in _ENGINES:
@@ -97,7 +99,7 @@ class Runtime(Backend):
         self.model = Path(model)
         if not self.model.is_file():
             raise FileNotFoundError(f"lp.Runtime: no model file at {self.model}")
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"
         command = [

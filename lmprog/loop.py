@@ -14,12 +14,15 @@ import atexit
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, TypeVar
 
 import greenlet
 
 T = TypeVar("T")
+
+EXECUTOR_THREADS = 4
 
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
@@ -32,6 +35,11 @@ def get_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is None:
             loop = asyncio.new_event_loop()
+            # Blocking helpers (host-name lookups, sync tools) get a small fixed pool: the
+            # thread count stays flat however many programs are in flight.
+            loop.set_default_executor(
+                ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="lmprog-io")
+            )
             ready = threading.Event()
 
             def serve() -> None:

@@ -132,3 +132,12 @@ def matrix_targets(
         "lp.OpenAI → vLLM, completions": (lp.OpenAI("tiny", base_url=vllm_base), False),
         "lp.OpenAI → vLLM, chat": (lp.OpenAI("tiny", base_url=vllm_base, is_chat_model=True), True),
     }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Rewrite docs/reliability.md from this run's figures when every reliability test ran
+    and the run passed."""
+    if exitstatus == 0:
+        from support.reliability import write_page
+
+        write_page()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +16,21 @@ from lmprog.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
 )
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _backoff(attempt: int) -> float:
+    """0.5 s, 1 s, 2 s, ... (at most 8 s), with jitter so retries of a batch spread out."""
+    return float(min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.25))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The server's Retry-After in seconds (capped at 30 s), if it gave one."""
+    try:
+        return min(30.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
 
 
 class Secret:
@@ -33,8 +50,11 @@ class JsonClient:
     """POST/GET JSON and server-sent events against one server, mapping failures to lmprog
     errors. The httpx client is created lazily, on the loop that first uses it."""
 
-    def __init__(self, base_url: str, server: str, timeout: float, api_key: Secret) -> None:
+    def __init__(
+        self, base_url: str, server: str, timeout: float, api_key: Secret, max_retries: int = 3
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
         self.server = server
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._api_key = api_key
@@ -61,15 +81,21 @@ class JsonClient:
         return await self._request("POST", path, body)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        try:
+        attempt = 0
+        while True:
             try:
                 response = await self._http().request(method, path, json=body)
-            except httpx.RemoteProtocolError:
-                # A pooled keep-alive connection the server had already dropped (llama-server
-                # does this right after a stream): nothing was processed, so send it again.
-                response = await self._http().request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, path) from exc
+            except httpx.HTTPError as exc:
+                if not self._retry(exc, attempt):
+                    raise self._transport_error(exc, path) from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                    break
+                await asyncio.sleep(_retry_after(response) or _backoff(attempt))
+                attempt += 1
+                continue
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
         if response.status_code >= 400:
             raise self._status_error(response.status_code, response.text, path)
         try:
@@ -80,27 +106,54 @@ class JsonClient:
                 f"{response.text[:200]!r}"
             ) from exc
 
+    def _retry(self, exc: httpx.HTTPError, attempt: int) -> bool:
+        """Retry what cannot have produced an answer: no connection, or one dropped before
+        the answer came (generation has no side effects). A read timeout is the user's bound
+        and is not stretched by retrying."""
+        if attempt >= self.max_retries:
+            return False
+        if isinstance(exc, httpx.TimeoutException):
+            return isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
+        return isinstance(exc, httpx.TransportError)
+
     async def stream_events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        """POST and yield the JSON payload of each `data:` line of a server-sent event stream."""
-        try:
-            async with self._http().stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    text = (await response.aread()).decode(errors="replace")
-                    raise self._status_error(response.status_code, text, path)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    try:
-                        yield json.loads(payload)
-                    except json.JSONDecodeError as exc:
-                        raise BackendResponseError(
-                            f"{self.server} streamed a line that is not JSON: {payload[:200]!r}"
-                        ) from exc
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, path) from exc
+        """POST and yield the JSON payload of each `data:` line of a server-sent event stream.
+
+        Retried like `post` only until the first event: after that, text has been shown."""
+        attempt = 0
+        while True:
+            started = False
+            try:
+                async for event in self._events(path, body):
+                    started = True
+                    yield event
+                return
+            except httpx.HTTPError as exc:
+                if started or not self._retry(exc, attempt):
+                    raise self._transport_error(exc, path) from exc
+            except BackendResponseError as exc:
+                if started or exc.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                    raise
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        async with self._http().stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                text = (await response.aread()).decode(errors="replace")
+                raise self._status_error(response.status_code, text, path)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                try:
+                    yield json.loads(payload)
+                except json.JSONDecodeError as exc:
+                    raise BackendResponseError(
+                        f"{self.server} streamed a line that is not JSON: {payload[:200]!r}"
+                    ) from exc
 
     def _transport_error(self, exc: httpx.HTTPError, path: str) -> BackendError:
         where = f"{self.server} at {self.base_url}{path}"

@@ -33,7 +33,9 @@ class LlamaCpp(Backend):
     """A llama.cpp `llama-server` (start one with backends/llamacpp/; see its README).
 
     chat_template: a built-in name ("gemma3", "chatml"), Jinja source, or a ChatTemplate;
-    by default the one the server reports in `/props`.
+    by default the one the server reports in `/props`. Requests that cannot have been
+    answered (no connection, a dropped connection, 429/5xx) are retried `max_retries` times
+    with exponential backoff (honouring Retry-After); a read timeout is not retried.
     """
 
     capabilities = Capabilities(
@@ -54,10 +56,11 @@ class LlamaCpp(Backend):
         chat_template: str | ChatTemplate | None = None,
         timeout: float = 600.0,
         api_key: str | None = None,
+        max_retries: int = 3,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = f"lp.LlamaCpp({self.url!r})"
-        self._http = JsonClient(self.url, "llama-server", timeout, Secret(api_key))
+        self._http = JsonClient(self.url, "llama-server", timeout, Secret(api_key), max_retries)
         self._template_choice = chat_template
         self._props: dict[str, Any] | None = None
         self._props_lock: asyncio.Lock | None = None

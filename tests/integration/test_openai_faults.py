@@ -9,6 +9,7 @@ import time
 
 import pytest
 from support.fake_openai import ANSWER, FakeOpenAI
+from support.reliability import record
 
 import lmprog as lp
 
@@ -113,6 +114,12 @@ def test_the_api_key_is_never_shown(server: FakeOpenAI, caplog: pytest.LogCaptur
     assert all(SECRET not in text for text in shown)
     sent = server.headers[-1].get("Authorization") or server.headers[-1].get("authorization")
     assert sent == f"Bearer {SECRET}"  # it was used, only never shown
+    record(
+        "secrets",
+        f"an API key sent to a real local server (seen in its Authorization header) appeared "
+        f"in none of {len(shown)} places: backend repr/str/vars, program state repr, the "
+        f"error, the text, and DEBUG logs of the run (also checked for lp.LlamaCpp)",
+    )
 
 
 def test_llamacpp_backend_never_shows_its_key() -> None:

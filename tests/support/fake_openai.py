@@ -9,6 +9,8 @@ body that is not JSON, a response slower than the client's timeout. Tests queue 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -28,13 +30,14 @@ class FakeOpenAI:
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def fail(self, *faults: str) -> None:
-        """Queue faults: "500", "429", "cut", "garbage", "slow" (or "ok")."""
+        """Queue faults: "500", "429", "cut" (reset mid-stream), "garbage" (not JSON),
+        "truncated" (a body shorter than announced), "slow" (3 s), or "ok"."""
         with self._lock:
             self.faults.extend(faults)
 
@@ -51,6 +54,10 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog (5) refuses bursts of new connections
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -78,6 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(429, {"error": {"message": "slow down (injected)"}}, {"Retry-After": "0.2"})
         elif fault == "garbage":
             self._raw(200, b"<html>this is not json</html>", "application/json")
+        elif fault == "truncated":  # promises 500 bytes, sends 20, hangs up
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "500")
+            self.end_headers()
+            self.wfile.write(json.dumps(self._completion(body)).encode()[:20])
+            self.wfile.flush()
+            self.close_connection = True
         elif fault == "slow":
             time.sleep(3)
             self._json(200, self._completion(body))
@@ -117,8 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
                      "choices": [{"index": 0, "finish_reason": None, **delta}]}  # fmt: skip
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
-            if cut:
-                self.connection.shutdown(2)  # the connection drops mid-stream
+            if cut:  # the connection is reset mid-stream (RST, not a clean close)
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                self.close_connection = True
                 return
         self.wfile.write(b"data: [DONE]\n\n")
         self.close_connection = True
@@ -136,3 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+if __name__ == "__main__":  # a server in its own process, for load tests: prints its URL
+    with FakeOpenAI() as fake:
+        print(fake.url, flush=True)
+        threading.Event().wait()
