@@ -27,3 +27,14 @@ def test_quickstart() -> None:
     assert "[typed] Country(name='Portugal'" in out
     assert out.count("[fork] fact") == 3
     assert "[batch] Spain: Madrid" in out
+
+
+def test_calculator() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "calculator.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 * 9 = 54.0" in done.stdout

@@ -64,28 +64,38 @@ def _rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def _open_sockets() -> int:
-    count = 0
+def _sockets_to(port: int) -> int:
+    """This process's TCP connections to `port` (its socket inodes, matched in /proc/net/tcp)."""
+    inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except FileNotFoundError:  # closed while we looked
             continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    with open("/proc/self/net/tcp") as table:
+        for row in list(table)[1:]:
+            fields = row.split()
+            if int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
+                count += 1
     return count
 
 
 class _Peak:
-    """Samples RSS and open sockets every 20 ms while a load runs."""
+    """Samples RSS and connections to the server every 20 ms while a load runs."""
 
-    def __init__(self) -> None:
-        self.rss, self.sockets = _rss_mb(), _open_sockets()
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.rss, self.sockets = _rss_mb(), _sockets_to(port)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
             self.rss = max(self.rss, _rss_mb())
-            self.sockets = max(self.sockets, _open_sockets())
+            self.sockets = max(self.sockets, _sockets_to(self.port))
 
     def __enter__(self) -> _Peak:
         self._thread.start()
@@ -101,9 +111,10 @@ def test_load_of_10000_programs(fake_server_process: str, kind: str) -> None:
     backend = lp.OpenAI("fake", base_url=fake_server_process, max_retries=0)
     items = [(i,) for i in range(10_000)]
     lp.loop.get_loop()  # start lmprog's thread before counting threads
-    threads, rss, sockets = threading.active_count(), _rss_mb(), _open_sockets()
+    port = int(fake_server_process.rsplit(":", 1)[1].split("/")[0])
+    threads, rss = threading.active_count(), _rss_mb()
     started = time.perf_counter()
-    with _Peak() as peak:
+    with _Peak(port) as peak:
         if kind == "sync":
             states = ask.run_batch(items, backend=backend, max_concurrency=64)
         else:
@@ -114,16 +125,16 @@ def test_load_of_10000_programs(fake_server_process: str, kind: str) -> None:
     assert all(s.error() is None and s["answer"] == ANSWER for s in states)
     # lmprog's fixed pool for blocking helpers (host-name lookups) is all that may appear
     assert threading.active_count() <= threads + lp.loop.EXECUTOR_THREADS
-    assert peak.sockets - sockets <= 70  # bounded by max_concurrency, not by the batch
-    assert _open_sockets() <= sockets + 1  # a clean shutdown returns the connections
+    assert peak.sockets <= 64 + 8  # bounded by max_concurrency, not by the batch
+    assert _sockets_to(port) == 0  # a clean shutdown closes every connection
     growth = peak.rss - rss
     assert growth < 600
     record(
         f"load: 10,000 {kind} programs",
         f"10,000 programs through `{'run_batch' if kind == 'sync' else 'arun_batch'}` "
         f"(max_concurrency 64) against a local zero-latency server in {elapsed:.1f} s "
-        f"({10_000 / elapsed:,.0f} programs/s); peak RSS +{growth:.0f} MB; peak open sockets "
-        f"+{peak.sockets - sockets}, back to +{_open_sockets() - sockets} after `aclose()`; "
+        f"({10_000 / elapsed:,.0f} programs/s); peak RSS +{growth:.0f} MB; at most "
+        f"{peak.sockets} connections to the server open at once, 0 after `aclose()`; "
         f"threads {threads} before and {threading.active_count()} after",
     )
 
@@ -145,11 +156,15 @@ def test_zero_latency_server_misbehaving() -> None:
     assert all("'ask'" in str(s.error()) for s in failed)
     assert len(failed) <= 4  # garbage, truncated, cut, and slow may fail; 5xx/429 are retried
     assert elapsed < 30
+    nobody = lp.OpenAI("fake", base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1)
+    refused = ask.run_batch([(i,) for i in range(5)], backend=nobody)
+    assert all(isinstance(s.error().cause, lp.BackendUnavailableError) for s in refused)
     record(
         "faults: zero-latency server misbehaving",
         f"200 programs, faults injected: {', '.join(sorted(set(faults)))} ({len(faults)} in "
-        f"all); retried: 429 and 5xx; {len(failed)} programs failed with a clear error, "
-        f"{200 - len(failed)} finished; {elapsed:.1f} s",
+        f"all); retried: 429 and 5xx; {len(failed)} program(s) failed with a clear error, "
+        f"{200 - len(failed)} finished; {elapsed:.1f} s. Plus 5 programs against a refused "
+        f"connection: each failed with BackendUnavailableError after 1 retry",
     )
 
 

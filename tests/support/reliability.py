@@ -47,7 +47,8 @@ def write_page() -> bool:
         "",
         "What the test suite proves about faults, load, cancellation, bad input, untrusted",
         "templates and secrets. **Every figure below was written by the last full test run**",
-        "(`tests/integration/test_reliability.py` and `tests/unit/test_bad_input.py`), on "
+        "(`tests/integration/test_reliability.py`, `test_bad_input.py` and "
+        "`test_openai_faults.py`), on "
         f"{platform.machine()} with {os.cpu_count()} cores, "
         f"{datetime.date.today().isoformat()}.",
         "",
