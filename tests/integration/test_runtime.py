@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from support.models import tiny_model_gguf
+from support.models import tiny_model_dir, tiny_model_gguf
 
 import lmprog as lp
 
@@ -59,3 +59,18 @@ def test_unknown_engine_and_missing_model_are_clear() -> None:
         lp.Runtime("tgi", tiny_model_gguf())
     with pytest.raises(FileNotFoundError, match="no model file"):
         lp.Runtime("llama.cpp", "/nonexistent/model.gguf")
+
+
+def test_vllm_runtime_leaves_no_process() -> None:
+    with lp.Runtime(
+        "vllm",
+        tiny_model_dir(),
+        served_model_name="t2",
+        optimization_level=0,
+        enforce_eager=True,
+        ctx_per_slot=512,
+    ) as backend:
+        pid = backend._process.pid
+        state = hello.run(backend=backend)
+        assert state.error() is None and len(state["body"]) > 0
+    assert not alive(pid)

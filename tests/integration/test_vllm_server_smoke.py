@@ -1,7 +1,7 @@
-"""Smoke test of a real vLLM server (CPU build, own venv): it installs, starts and completes.
+"""Smoke test of a real vLLM server (CPU build, own venv) started by lp.Runtime("vllm").
 
-The first run installs vLLM (backends/vllm/install.sh, ~3 min, ~3.4 GB); the server itself
-needs ~25-50 s to start on 2 cores, so everything shares one module-scoped server.
+scripts/setup.sh installs vLLM (backends/vllm/install.sh, ~3 min, ~3.4 GB the first time); the
+server needs ~25-50 s to start on 2 cores, so every test shares the session's server.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import json
 import httpx
 import pytest
 
-# tests/conftest.py puts tests/ on sys.path, so the helpers import as `support`.
-from support.vllm_server import VLLMServer
+import lmprog as lp
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 MODEL = "tiny"
 
 
-def test_completion_returns_text(vllm_server: VLLMServer) -> None:
+def test_completion_returns_text(vllm_server: lp.Runtime) -> None:
     resp = httpx.post(
         f"{vllm_server.url}/v1/completions",
         json={
@@ -42,7 +41,7 @@ def test_completion_returns_text(vllm_server: VLLMServer) -> None:
     assert body["usage"]["prompt_tokens"] == 14
 
 
-def test_regex_is_enforced(vllm_server: VLLMServer) -> None:
+def test_regex_is_enforced(vllm_server: lp.Runtime) -> None:
     resp = httpx.post(
         f"{vllm_server.url}/v1/completions",
         json={
@@ -59,13 +58,13 @@ def test_regex_is_enforced(vllm_server: VLLMServer) -> None:
     assert len(text) == 6 and text[:3].isdigit() and text[3] == "-" and text[4:].isalpha()
 
 
-def test_models_lists_served_name(vllm_server: VLLMServer) -> None:
+def test_models_lists_served_name(vllm_server: lp.Runtime) -> None:
     data = httpx.get(f"{vllm_server.url}/v1/models", timeout=10).json()["data"]
     assert [m["id"] for m in data] == [MODEL]
     assert data[0]["max_model_len"] == 2048
 
 
-def test_json_schema_is_compact_and_valid(vllm_server: VLLMServer) -> None:
+def test_json_schema_is_compact_and_valid(vllm_server: lp.Runtime) -> None:
     schema = {
         "type": "object",
         # Bounded: an unbounded integer lets a random model write digits up to max_tokens.
