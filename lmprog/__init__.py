@@ -13,6 +13,7 @@ print(state["answer"])
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
+from lmprog.backends.sglang import RuntimeEndpoint, SGLang
 from lmprog.choices import (
     greedy_token_selection,
     token_length_normalized,
@@ -80,6 +81,8 @@ __all__ = [
     "ProgramError",
     "ProgramState",
     "Runtime",
+    "RuntimeEndpoint",
+    "SGLang",
     "TemplateError",
     "ToolCall",
     "UnsupportedFeatureError",

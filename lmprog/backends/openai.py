@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from typing import Any, Literal
 
 import httpx
@@ -38,6 +37,7 @@ from lmprog.backends.base import (
 )
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.backends.llamacpp import constraint_fields
+from lmprog.backends.sglang import constraint_params
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
 from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import (
@@ -577,14 +577,8 @@ def _constraint_extra(constraint: Constraint | None, server: Server) -> dict[str
         return {"structured_outputs": {"grammar": constraint.grammar}}
     if server == "llamacpp":
         return constraint_fields(constraint)
-    if server == "sglang":  # SGLang's OpenAI endpoints take these extra string fields
-        if constraint.kind == "regex":
-            return {"regex": constraint.pattern}
-        if constraint.kind == "choices":
-            return {"regex": "|".join(re.escape(c) for c in constraint.choices)}
-        if constraint.kind == "json_schema":
-            return {"json_schema": json.dumps(constraint.schema)}
-        return {"ebnf": constraint.grammar}
+    if server == "sglang":
+        return constraint_params(constraint)
     raise AssertionError(f"{server} enforces no constraint through request extras")
 
 

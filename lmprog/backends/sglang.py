@@ -1,0 +1,222 @@
+"""lp.SGLang (alias lp.RuntimeEndpoint): an SGLang server's native `/generate` API.
+
+Programs go as text (RadixAttention reuses every shared prefix); constraints go in
+`sampling_params` (`regex`, `json_schema`, `ebnf`; choices as a regex alternation), all
+enforced by the server. `select` scores choices from input-token logprobs: the prompt and
+every prompt+choice are sent once each, and a choice's tokens are those after the ones it
+shares with the prompt, so a word that straddles the boundary is read as the model reads it.
+Streaming chunks from SGLang carry the whole text so far; they are turned into deltas here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
+from lmprog.backends.http import JsonClient, Secret
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.constraints import Constraint
+from lmprog.errors import BackendResponseError, UnsupportedFeatureError
+from lmprog.templates import ChatTemplate
+
+
+class SGLang(Backend):
+    """An SGLang server at `url` (e.g. started with `python -m sglang.launch_server`).
+
+    chat_template: a built-in name or Jinja source; by default the model's own, read from its
+    folder when the server's `model_path` is readable from here.
+    """
+
+    capabilities = Capabilities(
+        constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
+        grammar_syntaxes=frozenset({"gbnf"}),
+        choices_methods=ALL_METHODS,
+        images=True,
+        streaming=True,
+        logprobs=True,
+        prefix_cache=True,
+    )
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:30000",
+        *,
+        chat_template: str | ChatTemplate | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.name = f"lp.SGLang({self.url!r})"
+        self._http = JsonClient(self.url, "SGLang", timeout, Secret(api_key), max_retries)
+        self._template_choice = chat_template
+
+    async def model_info(self) -> dict[str, Any]:
+        """The server's `/get_model_info` (model path, tokenizer path, ...)."""
+        info: dict[str, Any] = await self._http.get("/get_model_info")
+        return info
+
+    async def flush_cache(self) -> None:
+        """Empty the server's prefix cache (for benchmarks that must start cold)."""
+        await self._http.post("/flush_cache", {})
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        choice = self._template_choice
+        if isinstance(choice, ChatTemplate):
+            return choice
+        if isinstance(choice, str):
+            return ChatTemplate.builtin(choice) if "{" not in choice else ChatTemplate(choice)
+        info = await self.model_info()
+        template = ChatTemplate.from_model_dir(info.get("model_path") or "")
+        if template is None:
+            raise UnsupportedFeatureError(
+                self.name,
+                "find the model's chat template (its folder is not readable here)",
+                "pass chat_template= (a built-in name or Jinja source)",
+            )
+        return template
+
+    # ----- generation ------------------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        body = self._body(request)
+        if on_text is None:
+            return _generation(await self._http.post("/generate", body))
+        body["stream"] = True
+        shown = ""
+        last: dict[str, Any] = {}
+        async for event in self._http.stream_events("/generate", body):
+            text = str(event.get("text", ""))
+            if not text.startswith(shown):
+                raise BackendResponseError(f"{self.name} streamed text that went back on itself")
+            if len(text) > len(shown):
+                on_text(text[len(shown) :])
+                shown = text
+            last = event
+        if not last:
+            raise BackendResponseError(f"{self.name} ended the stream before any answer")
+        return _generation(last)
+
+    def _body(self, request: GenerateRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        params = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "min_new_tokens": sampling.min_tokens,
+            "stop": list(sampling.stop) if sampling.stop else None,
+            "stop_token_ids": list(sampling.stop_token_ids) if sampling.stop_token_ids else None,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "min_p": sampling.min_p,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+            "ignore_eos": sampling.ignore_eos,
+            **constraint_params(request.constraint),
+        }
+        body: dict[str, Any] = {
+            "text": request.prompt,
+            "sampling_params": {k: v for k, v in params.items() if v is not None},
+        }
+        if sampling.seed is not None:
+            body["sampling_params"]["sampling_seed"] = sampling.seed
+        if request.return_logprob or request.top_logprobs_num:
+            body.update(return_logprob=True, top_logprobs_num=request.top_logprobs_num)
+        if request.images:
+            body["image_data"] = [_data_url(i.data, i.mime_type) for i in request.images]
+        return body
+
+    # ----- select ----------------------------------------------------------------------------
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        texts = [context.prompt] + [context.prompt + choice for choice in choices]
+        if method.requires_unconditional_logprobs:
+            texts += list(choices)
+        results = await self._http.post(
+            "/generate",
+            {
+                "text": texts,
+                "sampling_params": {"max_new_tokens": 0},
+                "return_logprob": True,
+                "logprob_start_len": 0,
+            },
+        )
+        if not isinstance(results, list) or len(results) != len(texts):
+            raise BackendResponseError(f"{self.name} answered a batch with {str(results)[:200]}")
+        prompt = _input_tokens(results[0])
+        scored = []
+        for i, choice in enumerate(choices):
+            full = _input_tokens(results[1 + i])
+            start = shared_prefix_length([t for t, _, _ in prompt], [t for t, _, _ in full])
+            own = full[start:]
+            unconditional = None
+            if method.requires_unconditional_logprobs:
+                alone = _input_tokens(results[1 + len(choices) + i])[-len(own) :] if own else []
+                unconditional = tuple(lp if lp is not None else 0.0 for _, lp, _ in alone)
+            scored.append(
+                ChoiceLogprobs(
+                    choice,
+                    tuple(lp if lp is not None else 0.0 for _, lp, _ in own),
+                    tuple(text for _, _, text in own),
+                    unconditional,
+                )
+            )
+        return scored
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+RuntimeEndpoint = SGLang
+
+
+def constraint_params(constraint: Constraint | None) -> dict[str, Any]:
+    """The fields that make SGLang enforce `constraint` (native and OpenAI endpoints)."""
+    if constraint is None:
+        return {}
+    if constraint.kind == "regex":
+        return {"regex": constraint.pattern}
+    if constraint.kind == "choices":
+        return {"regex": "|".join(re.escape(c) for c in constraint.choices)}
+    if constraint.kind == "json_schema":
+        return {"json_schema": json.dumps(constraint.schema)}
+    return {"ebnf": constraint.grammar}
+
+
+def _input_tokens(result: Any) -> list[tuple[int, float | None, str]]:
+    """(token id, logprob, text) of each prompt token; SGLang sends [logprob, id, text]."""
+    try:
+        entries = result["meta_info"]["input_token_logprobs"]
+        return [
+            (int(e[1]), None if e[0] is None else float(e[0]), str(e[2] or "")) for e in entries
+        ]
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise BackendResponseError(
+            f"SGLang sent no usable input_token_logprobs: {str(result)[:200]}"
+        ) from exc
+
+
+def _generation(data: Any) -> Generation:
+    if not isinstance(data, dict) or "text" not in data:
+        raise BackendResponseError(f"SGLang sent an unexpected body: {str(data)[:200]}")
+    meta = data.get("meta_info") or {}
+    finish = meta.get("finish_reason")
+    logprobs = meta.get("output_token_logprobs")
+    return Generation(
+        text=str(data["text"]),
+        finish_reason=finish.get("type") if isinstance(finish, dict) else finish,
+        prompt_tokens=meta.get("prompt_tokens"),
+        completion_tokens=meta.get("completion_tokens"),
+        cached_tokens=meta.get("cached_tokens"),
+        logprobs=[{"logprob": e[0], "token": e[2]} for e in logprobs] if logprobs else None,
+    )
+
+
+def _data_url(data: bytes, mime_type: str) -> str:
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"

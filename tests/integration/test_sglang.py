@@ -1,0 +1,143 @@
+"""lp.SGLang against SGLang's documented wire contract, and against a real server when
+LMPROG_SGLANG_URL points to one (SGLang's runtime cannot be installed on these machines)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pydantic
+import pytest
+from support.fake_sglang import ANSWER, FakeSGLang, char_logprob
+from support.models import tiny_model_dir
+
+import lmprog as lp
+
+
+@pytest.fixture
+def server():
+    with FakeSGLang(model_path=str(tiny_model_dir())) as fake:
+        yield fake
+
+
+def test_generate_sends_the_contract_and_reads_meta_info(server: FakeSGLang) -> None:
+    @lp.function
+    def prog(s):
+        s += "Q: capital?\nA: " + lp.gen("a", max_tokens=5, stop="\n", temperature=0.2, seed=3)
+
+    state = prog.run(backend=lp.SGLang(server.url))
+    assert state["a"] == ANSWER[:5]
+    sent = server.requests[-1]
+    assert sent["text"] == "Q: capital?\nA: "
+    assert sent["sampling_params"] == {
+        "max_new_tokens": 5,
+        "stop": ["\n"],
+        "temperature": 0.2,
+        "sampling_seed": 3,
+    }
+    meta = state.get_meta_info("a")
+    assert (meta["finish_reason"], meta["prompt_tokens"], meta["cached_tokens"]) == (
+        "length",
+        16,
+        11,
+    )
+
+
+class City(pydantic.BaseModel):
+    name: str
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "expected"),
+    [
+        ({"regex": "[A-Z][a-z ]+"}, "regex", "[A-Z][a-z ]+"),
+        ({"grammar": 'root ::= "x"'}, "ebnf", 'root ::= "x"'),
+        ({"type": City}, "json_schema", None),
+    ],
+)
+def test_constraints_go_in_sampling_params(server: FakeSGLang, kwargs, field, expected) -> None:
+    @lp.function
+    def prog(s):
+        s += "x" + lp.gen("a", **kwargs)
+
+    prog.run(backend=lp.SGLang(server.url))  # the fake enforces nothing; the request counts
+    params = server.requests[-1]["sampling_params"]
+    if expected is None:
+        assert params[field].startswith("{") and '"name"' in params[field]  # a JSON string
+    else:
+        assert params[field] == expected
+
+
+def test_streaming_turns_cumulative_text_into_deltas(server: FakeSGLang) -> None:
+    @lp.function
+    def prog(s):
+        s += "x" + lp.gen("a", max_tokens=64)
+
+    state = prog.run(backend=lp.SGLang(server.url), stream=True)
+    pieces = list(state.text_iter("a"))
+    assert len(pieces) > 3 and "".join(pieces) == ANSWER == state["a"]
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (lp.token_length_normalized, " ~~"),  # mean -0.52 beats -0.58
+        (lp.greedy_token_selection, " ~~"),  # tie on " ", then -0.65 beats -0.75
+        (lp.unconditional_likelihood_normalized, " aa"),  # the fake ignores context: a tie
+    ],
+)
+def test_select_scores_come_from_input_logprobs_in_one_request(
+    server: FakeSGLang, method, expected
+) -> None:
+    @lp.function
+    def pick(s):
+        s += "A:" + lp.select("c", [" aa", " ~~"], choices_method=method)
+
+    state = pick.run(backend=lp.SGLang(server.url))
+    sent = server.requests[-1]
+    assert len(server.requests) == 1  # the prompt and every choice, in one batch
+    assert sent["text"][:3] == ["A:", "A: aa", "A: ~~"]
+    assert (sent["return_logprob"], sent["logprob_start_len"]) == (True, 0)
+    assert sent["sampling_params"]["max_new_tokens"] == 0
+    meta = state.get_meta_info("c")
+    assert meta["input_token_logprobs"][0] == pytest.approx([char_logprob(c) for c in " aa"])
+    assert meta["choice_tokens"] == [[" ", "a", "a"], [" ", "~", "~"]]
+    assert state["c"] == expected
+
+
+def test_images_and_chat_template_from_the_model_folder(server: FakeSGLang) -> None:
+    @lp.function
+    def look(s):
+        s += lp.user("What is it?" + lp.image(b"\x89PNG\r\n\x1a\nrest")) + lp.assistant(lp.gen("a"))
+
+    state = look.run(backend=lp.SGLang(server.url))
+    assert state.error() is None
+    assert state.text().startswith("<|im_start|>user\nWhat is it?")  # the tiny model's ChatML
+    assert server.requests[-1]["image_data"][0].startswith("data:image/png;base64,")
+
+
+def test_runtime_endpoint_is_the_sglang_spelling(server: FakeSGLang) -> None:
+    assert lp.RuntimeEndpoint is lp.SGLang
+    backend = lp.RuntimeEndpoint(server.url)
+    lp.loop.wait(backend.flush_cache())
+    assert server.requests[-1] == {}
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LMPROG_SGLANG_URL"),
+    reason="no SGLang server: set LMPROG_SGLANG_URL to run against a real one "
+    "(SGLang's runtime cannot be installed from the registries on these machines)",
+)
+def test_real_sglang_server() -> None:
+    backend = lp.SGLang(os.environ["LMPROG_SGLANG_URL"])
+
+    @lp.function
+    def prog(s):
+        s += "Q: What is 2 + 2?\nA:" + lp.gen("a", max_tokens=8, stop="\n", temperature=0)
+        s += "\nCode:" + lp.gen("code", regex=r"[A-Z]{3}-\d{2}", max_tokens=12)
+        s += "\nYes or no?" + lp.select("yn", [" yes", " no"])
+
+    state = prog.run(backend=backend)
+    assert state.error() is None, state.error()
+    assert re.fullmatch(r"[A-Z]{3}-\d{2}", state["code"])
+    assert state["yn"] in (" yes", " no")
