@@ -67,6 +67,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         return
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body are separate writes: without this, Nagle's algorithm and delayed
+        # ACKs add ~40 ms to every answer and the "zero-latency" server is not.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         if self.path == "/get_server_info" and self.fake.identity == "sglang":
             self._json(200, {"version": "0.5.10", "tp_size": 1})
