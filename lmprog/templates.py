@@ -68,6 +68,14 @@ class ChatTemplate:
         return _builtin(name)
 
     @classmethod
+    def given(cls, choice: str | ChatTemplate | None) -> ChatTemplate | None:
+        """What a backend's `chat_template=` names: a ChatTemplate, a built-in name
+        ("gemma3", "chatml"), or Jinja source; None when nothing was given."""
+        if choice is None or isinstance(choice, ChatTemplate):
+            return choice
+        return cls.builtin(choice) if "{" not in choice else cls(choice, name="given")
+
+    @classmethod
     def from_model_dir(cls, path: str | os.PathLike[str]) -> ChatTemplate | None:
         """The template in a transformers model folder (chat_template.jinja, or the
         tokenizer_config.json entry), or None if there is none or the folder is not here."""

@@ -83,13 +83,9 @@ class LlamaCpp(Backend):
             return 4  # the programs themselves will report the unreachable server
 
     async def _load_chat_template(self) -> ChatTemplate:
-        choice = self._template_choice
-        if isinstance(choice, ChatTemplate):
-            return choice
-        if isinstance(choice, str):
-            if "{" not in choice:
-                return ChatTemplate.builtin(choice)
-            return ChatTemplate(choice, name="given")
+        given = ChatTemplate.given(self._template_choice)
+        if given is not None:
+            return given
         props = await self.props()
         source = props.get("chat_template")
         if not source:

@@ -192,11 +192,9 @@ class OpenAI(Backend):
     async def _load_chat_template(self) -> ChatTemplate:
         """Chat models never see this template: it only lays out `state.text()` (ChatML).
         Completion models need the model's own: give it as chat_template=."""
-        choice = self._template_choice
-        if isinstance(choice, ChatTemplate):
-            return choice
-        if isinstance(choice, str):
-            return ChatTemplate.builtin(choice) if "{" not in choice else ChatTemplate(choice)
+        given = ChatTemplate.given(self._template_choice)
+        if given is not None:
+            return given
         if self.is_chat_model:
             return ChatTemplate.builtin("chatml")
         template = await self._server_template()

@@ -64,11 +64,9 @@ class SGLang(Backend):
         await self._http.post("/flush_cache", {})
 
     async def _load_chat_template(self) -> ChatTemplate:
-        choice = self._template_choice
-        if isinstance(choice, ChatTemplate):
-            return choice
-        if isinstance(choice, str):
-            return ChatTemplate.builtin(choice) if "{" not in choice else ChatTemplate(choice)
+        given = ChatTemplate.given(self._template_choice)
+        if given is not None:
+            return given
         info = await self.model_info()
         template = ChatTemplate.from_model_dir(info.get("model_path") or "")
         if template is None:
