@@ -60,9 +60,11 @@ class _Snapshot:
 @dataclass(frozen=True)
 class _ForkPoint(Node):
     snapshot: asyncio.Future[_Snapshot] = field(compare=False)
+    branches: int = 1
 
 
 DEFAULT_SAMPLING = SamplingParams(max_new_tokens=128)
+WARM_PREFIX_CHARS = 1000  # below ~250 tokens a warm-up request costs more than it saves
 
 
 class Execution:
@@ -133,10 +135,10 @@ class Execution:
             self._idle.clear()
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
-    def fork_point(self) -> asyncio.Future[_Snapshot]:
+    def fork_point(self, branches: int = 1) -> asyncio.Future[_Snapshot]:
         """A future snapshot of this state once everything submitted so far has run."""
         future: asyncio.Future[_Snapshot] = asyncio.get_running_loop().create_future()
-        self._pending.append(_ForkPoint(future))
+        self._pending.append(_ForkPoint(future, branches))
         self._ensure_worker()
         return future
 
@@ -252,6 +254,11 @@ class Execution:
                 raise LmprogError(f"var_scope {node.name!r} ended without beginning")
             self.variables[node.name] = self.text[start:]
         elif isinstance(node, _ForkPoint):
+            if node.branches > 1 and len(self.text) >= WARM_PREFIX_CHARS:
+                # Branches go out together: on engines whose prefix cache all requests share
+                # (vLLM, SGLang), computing the shared prefix once first lets every branch
+                # reuse it instead of each computing it at the same time.
+                await self.backend.warm(self.text)
             node.snapshot.set_result(self._snapshot())
         else:
             raise TypeError(f"unknown primitive {node!r}")

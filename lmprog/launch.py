@@ -309,6 +309,9 @@ class Runtime(Backend):
     async def concurrency_hint(self) -> int:
         return await self.backend.concurrency_hint()
 
+    async def warm(self, prompt: str) -> None:
+        await self.backend.warm(prompt)
+
     def check_images(self) -> None:
         self.backend.check_images()
 

@@ -134,7 +134,7 @@ class ProgramState:
             raise ValueError("fork size must be at least 1")
 
         def make() -> list[ProgramState]:
-            snapshot = self._execution.fork_point()
+            snapshot = self._execution.fork_point(size)
             parent = self._execution
             branches = []
             for _ in range(size):

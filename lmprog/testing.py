@@ -54,6 +54,7 @@ class ScriptedBackend(Backend):
         self._fail = fail
         self._template_name = chat_template
         self.requests: list[GenerateRequest] = []
+        self.warmed: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -85,6 +86,9 @@ class ScriptedBackend(Backend):
             )
         finally:
             self.in_flight -= 1
+
+    async def warm(self, prompt: str) -> None:
+        self.warmed.append(prompt)
 
     async def score_choices(
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod

@@ -97,6 +97,10 @@ class Backend(abc.ABC):
             self._template = await self._load_chat_template()
         return self._template
 
+    async def warm(self, prompt: str) -> None:  # noqa: B027 - only shared caches need it
+        """Put `prompt` in the engine's prefix cache before several requests that share it go
+        out at once. Engines whose cache is not shared between requests do nothing."""
+
     async def concurrency_hint(self) -> int:
         """How many programs run_batch keeps in flight unless told otherwise."""
         return 64

@@ -372,6 +372,17 @@ class OpenAI(Backend):
             )
         return Generation("".join(pieces), finish, *_usage(usage))
 
+    async def warm(self, prompt: str) -> None:
+        """vLLM and SGLang share one prefix cache between requests: compute the prefix once."""
+        if self.is_chat_model or await self.server() not in ("vllm", "sglang"):
+            return
+        try:
+            await self.client.completions.create(
+                model=self.model, prompt=prompt, max_tokens=1, temperature=0.0
+            )
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+
     # ----- select ----------------------------------------------------------------------------
 
     async def score_choices(
@@ -537,6 +548,10 @@ class VLLM(OpenAI):
     ) -> list[ChoiceLogprobs]:
         await self._resolve_model()
         return await super().score_choices(context, choices, method)
+
+    async def warm(self, prompt: str) -> None:
+        await self._resolve_model()
+        await super().warm(prompt)
 
     async def _load_chat_template(self) -> ChatTemplate:
         await self._resolve_model()

@@ -59,6 +59,11 @@ class SGLang(Backend):
         info: dict[str, Any] = await self._http.get("/get_model_info")
         return info
 
+    async def warm(self, prompt: str) -> None:
+        await self._http.post(
+            "/generate", {"text": prompt, "sampling_params": {"max_new_tokens": 0}}
+        )
+
     async def flush_cache(self) -> None:
         """Empty the server's prefix cache (for benchmarks that must start cold)."""
         await self._http.post("/flush_cache", {})

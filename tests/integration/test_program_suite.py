@@ -257,3 +257,19 @@ def test_tool_calls_always_parse_and_run(backend: lp.Backend) -> None:
         assert call.result == (
             lookup(**call.arguments) if call.name == "lookup" else call.arguments["n"]
         )
+
+
+def test_fork_branches_reuse_a_warmed_prefix_on_vllm(vllm_server: lp.Runtime) -> None:
+    backend = lp.VLLM(vllm_server.url)
+    prefix = "".join(f"line {i}: some shared context for every branch\n" for i in range(40))
+
+    @lp.function
+    def branches(s):
+        s += prefix
+        forks = s.fork(4)
+        forks += lambda i: f"branch {i}:" + lp.gen("out", max_tokens=4, temperature=0)
+        forks.join()
+        return [f.get_meta_info("out")["cached_tokens"] for f in forks]
+
+    cached = branches.run(backend=backend).ret_value
+    assert all(c >= 128 for c in cached), cached  # vLLM counts whole 128-token blocks

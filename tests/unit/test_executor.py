@@ -418,3 +418,23 @@ def test_tools_constrain_the_call_and_run_the_callable() -> None:
 
     bad = ScriptedBackend(lambda r: '{"name": "add", "arguments": {"a": "x"}}')
     assert isinstance(agent.run(backend=bad).error().cause, lp.ConstraintError)
+
+
+def test_a_long_shared_prefix_is_warmed_once_before_the_branches() -> None:
+    long_prefix = "context " * 200
+
+    @lp.function
+    def branches(s, prefix, n):
+        s += prefix
+        forks = s.fork(n)
+        forks += lambda i: f"{i}:" + lp.gen("x")
+        forks.join()
+
+    backend = ScriptedBackend(lambda r: "ok")
+    branches.run(long_prefix, 4, backend=backend)
+    assert backend.warmed == [long_prefix]
+    assert len(backend.requests) == 4
+    for prefix, n in ((long_prefix, 1), ("short", 4)):  # one branch, or a short prefix: no
+        backend = ScriptedBackend(lambda r: "ok")
+        branches.run(prefix, n, backend=backend)
+        assert backend.warmed == []
