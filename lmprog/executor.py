@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
+
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
 from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
@@ -245,7 +247,7 @@ class Execution:
         elif isinstance(node, RoleEnd):
             await self._role_end(node)
         elif isinstance(node, Image):
-            self._image(node)
+            await self._image(node)
         elif isinstance(node, VarScopeBegin):
             self._scopes[node.name] = self._text_len
         elif isinstance(node, VarScopeEnd):
@@ -299,21 +301,24 @@ class Execution:
         self._append(end, "role")
         self._role = None
 
-    def _image(self, node: Image) -> None:
+    async def _image(self, node: Image) -> None:
         if self._role != "user":
             raise LmprogError("lp.image() must be inside a user turn")
+        data, mime_type = node.data, node.mime_type
+        if data is None:
+            data, mime_type = await _download(node.source)
         before = self.text[self._role_start :]
         if before:
             self._role_parts.append({"type": "text", "text": before})
         self._role_parts.append(
             {
                 "type": "image",
-                "mime_type": node.mime_type,
+                "mime_type": mime_type,
                 "source": node.source,
                 "image_index": len(self._images),
             }
         )
-        self._images.append(ImagePart(node.data, node.mime_type))
+        self._images.append(ImagePart(data, mime_type))
         self._append(self.backend.image_marker, "text")
         self._role_start = self._text_len  # the marker is the backend's, not message text
 
@@ -483,6 +488,16 @@ def _produces(node: Node) -> str | None:
     if isinstance(node, VarScopeEnd):
         return node.name
     return None
+
+
+async def _download(url: str) -> tuple[bytes, str]:
+    try:
+        async with httpx.AsyncClient(timeout=30, follow_redirects=True) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise LmprogError(f"could not download the image at {url}: {exc}") from exc
+    return response.content, response.headers.get("content-type", "image/png").split(";")[0]
 
 
 def _reseeded(request: GenerateRequest, index: int) -> GenerateRequest:

@@ -130,9 +130,10 @@ class Select(Node):
 
 @dataclass(frozen=True)
 class Image(Node):
-    """An image for the current user turn: raw bytes plus a MIME type."""
+    """An image for the current user turn: raw bytes plus a MIME type, or (data None) an
+    http(s) URL the executor downloads when the image's turn runs."""
 
-    data: bytes = field(repr=False)
+    data: bytes | None = field(repr=False)
     mime_type: str
     source: str
 

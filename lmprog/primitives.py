@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from lmprog.choices import ChoicesMethod, token_length_normalized
 from lmprog.constraints import Constraint, choices_constraint, make_constraint
 from lmprog.errors import ConstraintError
@@ -195,15 +193,14 @@ def assistant_end() -> Node:
 def image(source: str | os.PathLike[str] | bytes) -> Node:
     """An image for the current user turn, from a path, an http(s) URL, a data URL or bytes.
 
-    The bytes are read here, once, so a missing file fails in the program body at this line.
+    A file is read here, once, so a missing file fails in the program body at this line; a URL
+    is downloaded asynchronously when the turn runs.
     """
     if isinstance(source, bytes):
         return Image(source, _sniff(source), "<bytes>")
     text = os.fspath(source)
     if text.startswith(("http://", "https://")):
-        response = httpx.get(text, follow_redirects=True, timeout=30)
-        response.raise_for_status()
-        return Image(response.content, response.headers.get("content-type", "image/png"), text)
+        return Image(None, "", text)  # downloaded when its turn runs, without blocking others
     if text.startswith("data:"):
         import base64
 

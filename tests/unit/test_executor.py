@@ -438,3 +438,39 @@ def test_a_long_shared_prefix_is_warmed_once_before_the_branches() -> None:
         backend = ScriptedBackend(lambda r: "ok")
         branches.run(prefix, n, backend=backend)
         assert backend.warmed == []
+
+
+def test_image_urls_are_downloaded_when_their_turn_runs() -> None:
+    import http.server
+
+    png = b"\x89PNG\r\n\x1a\nfrom-a-url"
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "image/png")
+            self.send_header("content-length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cat.png"
+
+    @lp.function
+    def look(s, where):
+        s += lp.user("What is this?" + lp.image(where)) + lp.assistant(lp.gen("a"))
+
+    try:
+        backend = ScriptedBackend()
+        assert look.run(url, backend=backend).error() is None
+        image = backend.requests[0].images[0]
+        assert (image.data, image.mime_type) == (png, "image/png")
+        missing = look.run("http://127.0.0.1:9/none.png", backend=ScriptedBackend()).error()
+        assert "could not download the image" in str(missing)
+        assert "image('http://127.0.0.1:9/none.png')" in str(missing)
+    finally:
+        server.shutdown()
