@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
+from lmprog.constraints import choices_constraint
 from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
     Gen,
@@ -424,8 +425,6 @@ class Execution:
         if node.name is not None:
             value = choice
             if node.python_type is not None:
-                from lmprog.constraints import choices_constraint
-
                 value = choices_constraint(node.choices, node.python_type).parse(choice)
             self.variables[node.name] = value
             self.meta[node.name] = {

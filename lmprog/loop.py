@@ -186,15 +186,6 @@ async def _settle(yielded: Any) -> None:
             raise
 
 
-def gather_in_body(awaitables: list[Awaitable[Any]]) -> list[Any]:
-    """Wait for several values at once from plain code (used by fork joins)."""
-    return wait(_gather(awaitables))
-
-
-async def _gather(awaitables: list[Awaitable[Any]]) -> list[Any]:
-    return list(await asyncio.gather(*awaitables))
-
-
 def iterate(agen_factory: Callable[[], Any]) -> Generator[Any, None, None]:
     """Turn an async iterator into a blocking one for code outside the loop."""
     agen = agen_factory()

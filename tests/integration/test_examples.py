@@ -13,15 +13,17 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = [pytest.mark.engine, pytest.mark.gemma]
 
 
-def test_quickstart() -> None:
+def run_example(name: str) -> str:
+    """Run examples/<name> as a user would; its stdout, after checking it exited cleanly."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_quickstart() -> None:
+    out = run_example("quickstart.py")
     assert "capital of France: Paris" in out
     assert "positive (stars=" in out and "negative (back=" in out
     assert "[typed] Country(name='Portugal'" in out
@@ -30,11 +32,4 @@ def test_quickstart() -> None:
 
 
 def test_calculator() -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "calculator.py")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "6 * 9 = 54.0" in done.stdout
+    assert "6 * 9 = 54.0" in run_example("calculator.py")
