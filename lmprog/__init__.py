@@ -8,7 +8,12 @@ def qa(s, question):
 
 state = qa.run(question="What is the capital of France?", backend=lp.LlamaCpp(url))
 print(state["answer"])
+
+`lp.Local` (the in-process backend, and the default) is imported on first use, so programs on
+remote backends do not pay for importing torch.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
@@ -59,6 +64,18 @@ from lmprog.state import ForkGroup, ProgramState
 from lmprog.templates import ChatTemplate, TemplateError
 from lmprog.tools import ToolCall
 
+if TYPE_CHECKING:
+    from lmprog.local import Local
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Local":
+        from lmprog.local import Local
+
+        return Local
+    raise AttributeError(f"module 'lmprog' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -76,6 +93,7 @@ __all__ = [
     "ForkGroup",
     "LlamaCpp",
     "LmprogError",
+    "Local",
     "OpenAI",
     "Program",
     "ProgramError",

@@ -237,13 +237,15 @@ class Program:
 
 
 def resolve_backend(backend: Backend | None) -> Backend:
-    chosen = backend or _default_backend
-    if chosen is None:
-        raise LmprogError(
-            "no backend: pass backend=... or call lp.set_default_backend(...) first "
-            "(e.g. lp.LlamaCpp('http://127.0.0.1:8080'))"
-        )
-    return chosen
+    """`backend`, else the default; with none set, lp.Local() on the default model (made once)."""
+    global _default_backend
+    if backend is not None:
+        return backend
+    if _default_backend is None:
+        from lmprog.local import Local
+
+        _default_backend = Local()
+    return _default_backend
 
 
 def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.models import tiny_model_dir, tiny_model_gguf
+from support.reference import transformers_greedy
 
 import lmprog as lp
 from lmprog.models import gemma3_270m_gguf
@@ -67,13 +68,23 @@ def gemma(gemma_server: lp.Runtime) -> lp.LlamaCpp:
     return lp.LlamaCpp(gemma_server.url, chat_template="gemma3")
 
 
-SUITE_BACKENDS = ["llamacpp", "openai@llamacpp", "vllm", "openai@vllm"]
+@pytest.fixture(scope="session")
+def tiny_local() -> Iterator[lp.Local]:
+    """lp.Local on the tiny model's transformers folder (the same weights as the GGUF)."""
+    backend = lp.Local(tiny_model_dir())
+    yield backend
+    backend.shutdown()
+
+
+SUITE_BACKENDS = ["llamacpp", "openai@llamacpp", "vllm", "openai@vllm", "local"]
 
 
 @pytest.fixture(scope="session", params=SUITE_BACKENDS)
 def suite_target(request: pytest.FixtureRequest) -> tuple[str, lp.Backend, str]:
     """(name, backend, server url) for each backend the program suite runs on."""
     name = request.param
+    if name == "local":
+        return name, request.getfixturevalue("tiny_local"), ""
     if name == "llamacpp":
         server = request.getfixturevalue("tiny_server")
         return name, lp.LlamaCpp(server.url), server.url
@@ -97,6 +108,8 @@ def backend(suite_target: tuple[str, lp.Backend, str]) -> lp.Backend:
 def raw_completion(suite_target: tuple[str, lp.Backend, str]) -> Callable[[str, int], str]:
     """Greedy text for a prompt, straight from the server's own API, without lmprog."""
     name, _, url = suite_target
+    if name == "local":
+        return transformers_greedy(tiny_model_dir())
 
     def complete(prompt: str, max_tokens: int) -> str:
         if name.endswith("llamacpp") and name.startswith("llamacpp"):
@@ -123,12 +136,13 @@ def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
 
 @pytest.fixture(scope="session")
 def matrix_targets(
-    tiny_server: lp.Runtime, vllm_server: lp.Runtime
+    tiny_server: lp.Runtime, vllm_server: lp.Runtime, tiny_local: lp.Local
 ) -> dict[str, tuple[lp.Backend, bool]]:
     """Every backend configuration of the constraint matrix: name -> (backend, is chat)."""
     base = tiny_server.url + "/v1"
     vllm_base = vllm_server.url + "/v1"
     return {
+        "lp.Local": (tiny_local, False),
         "lp.LlamaCpp": (lp.LlamaCpp(tiny_server.url), False),
         "lp.OpenAI → llama-server, completions": (lp.OpenAI("tiny", base_url=base), False),
         "lp.OpenAI → llama-server, chat": (

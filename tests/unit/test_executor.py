@@ -13,6 +13,7 @@ import pytest
 
 import lmprog as lp
 from lmprog.backends.base import Capabilities
+from lmprog.program import resolve_backend
 from lmprog.testing import ScriptedBackend
 
 
@@ -327,8 +328,15 @@ def test_bind_default_backend_and_call() -> None:
         assert greet.bind(greeting="Hello")("Ada").text() == "Hello, Ada!"
     finally:
         lp.set_default_backend(None)
-    with pytest.raises(lp.LmprogError, match="no backend"):
-        greet.run("x", "y")
+
+
+def test_with_no_backend_set_the_default_is_local_made_once_and_not_loaded_yet() -> None:
+    try:
+        default = resolve_backend(None)
+        assert isinstance(default, lp.Local) and default is resolve_backend(None)
+        assert default.stats() == {"loaded": False}
+    finally:
+        lp.set_default_backend(None)
 
 
 def test_n_samples_give_a_list() -> None:

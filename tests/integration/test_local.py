@@ -1,0 +1,157 @@
+"""lp.Local on the default model (Gemma 3 270M, in this process): behaviour, the radix cache,
+batched decoding, constraints on a 262k-token vocabulary, and agreement with transformers.
+
+The program suite (test_program_suite.py) also runs on lp.Local with the tiny model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pydantic
+import pytest
+from support.reference import transformers_greedy
+
+import lmprog as lp
+from lmprog.local.weights import resolve_model
+
+pytestmark = pytest.mark.gemma
+
+FEW_SHOT = (
+    "Q: What is the capital of Germany?\nA: Berlin\nQ: What is the capital of Italy?\nA: Rome\n"
+)
+
+
+@pytest.fixture(scope="module")
+def gemma_local() -> Iterator[lp.Local]:
+    backend = lp.Local()
+    backend.load()
+    yield backend
+    backend.shutdown()
+
+
+@lp.function(temperature=0)
+def capital(s, country):
+    s += FEW_SHOT + f"Q: What is the capital of {country}?\nA:"
+    s += lp.gen("answer", max_tokens=8, stop="\n")
+
+
+def test_few_shot_answers(gemma_local: lp.Local) -> None:
+    states = capital.run_batch([("France",), ("Spain",), ("Japan",)], backend=gemma_local)
+    assert [s["answer"].strip() for s in states] == ["Paris", "Madrid", "Tokyo"]
+
+
+def test_greedy_output_equals_transformers_generate(gemma_local: lp.Local) -> None:
+    @lp.function
+    def story(s):
+        s += "Once upon a time, in a small village by the sea,"
+        s += lp.gen("text", max_tokens=24, temperature=0)
+
+    reference = transformers_greedy(resolve_model(None).path)
+    prompt = "Once upon a time, in a small village by the sea,"
+    assert story.run(backend=gemma_local)["text"] == reference(prompt, 24)
+
+
+def test_second_turn_reuses_the_first_from_the_radix_cache(gemma_local: lp.Local) -> None:
+    @lp.function(temperature=0)
+    def two_turns(s):
+        s += FEW_SHOT + "Q: What is the capital of Austria?\nA:" + lp.gen("a", max_tokens=6)
+        s += "\nQ: What is the capital of Greece?\nA:" + lp.gen("b", max_tokens=6)
+
+    state = two_turns.run(backend=gemma_local)
+    second = state.get_meta_info("b")
+    assert second["cached_tokens"] > 40
+    assert second["prompt_tokens"] - second["cached_tokens"] < 20
+
+
+def test_batch_items_share_their_prefix(gemma_local: lp.Local) -> None:
+    gemma_local.flush_cache()
+    before = gemma_local.stats()
+    countries = ["Norway", "Sweden", "Poland", "Egypt", "Peru", "Chile"]
+    states = capital.run_batch([(c,) for c in countries], backend=gemma_local)
+    assert all(s.error() is None for s in states)
+    after = gemma_local.stats()
+    hit = after["hit_tokens"] - before["hit_tokens"]
+    computed = after["computed_tokens"] - before["computed_tokens"]
+    # Only the first item computes the ~36-token few-shot prefix; the others reuse it.
+    prompt_tokens = sum(s.get_meta_info("answer")["prompt_tokens"] for s in states)
+    assert hit + computed == prompt_tokens
+    assert hit >= 5 * 30
+
+
+def test_fork_branches_decode_together(gemma_local: lp.Local) -> None:
+    @lp.function
+    def branches(s):
+        s += "Four different fruits, one per line.\n"
+        forks = s.fork(4)
+        forks += lambda i: f"{i + 1}." + lp.gen("fruit", max_tokens=12, ignore_eos=True, seed=i)
+        forks.join()
+
+    state = branches.run(backend=gemma_local, temperature=0.8)
+    assert state.error() is None and len(state["fruit"]) == 4
+    assert gemma_local.stats()["peak_batch_size"] >= 4
+
+
+@pytest.mark.parametrize(
+    "method",
+    [lp.token_length_normalized, lp.greedy_token_selection, lp.unconditional_likelihood_normalized],
+)
+def test_select_picks_the_sentiment(gemma_local: lp.Local, method: lp.ChoicesMethod) -> None:
+    @lp.function(temperature=0)
+    def review(s, text):
+        s += (
+            "Review: I loved it, wonderful!\nSentiment: positive\n"
+            "Review: Terrible, a waste of money.\nSentiment: negative\n"
+            f"Review: {text}\nSentiment:"
+        )
+        s += lp.select("sentiment", [" positive", " negative"], choices_method=method)
+
+    good = review.run("Great food and a lovely, friendly staff.", backend=gemma_local)
+    bad = review.run("Awful. Cold food, never again.", backend=gemma_local)
+    assert (good["sentiment"], bad["sentiment"]) == (" positive", " negative")
+    assert good.get_meta_info("sentiment")["choices_method"] == method.name
+
+
+class Country(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=20)
+    capital: str = pydantic.Field(max_length=20)
+
+
+def test_typed_outputs_on_the_full_vocabulary(gemma_local: lp.Local) -> None:
+    @lp.function(temperature=0)
+    def extract(s, sentence):
+        s += f"Sentence: {sentence}\nAs JSON with name and capital: "
+        s += lp.gen("country", type=Country, max_tokens=40)
+        s += "\nYear founded: " + lp.gen("year", regex="1[0-9]{3}", max_tokens=6)
+        s += "\nIs it in Europe? " + lp.gen("europe", choices=["yes", "no"])
+        s += "\nPopulation: " + lp.gen("people", type=int, max_tokens=8)
+
+    state = extract.run("Portugal is a country whose capital is Lisbon.", backend=gemma_local)
+    assert state.error() is None, state.error()
+    assert isinstance(state["country"], Country) and state["country"].name == "Portugal"
+    assert re.fullmatch("1[0-9]{3}", state["year"])
+    assert state["europe"] in ("yes", "no") and isinstance(state["people"], int)
+
+
+def test_sampled_json_always_validates(gemma_local: lp.Local) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+            "score": {"type": "integer", "minimum": 0, "maximum": 100},  # via llguidance
+        },
+        "required": ["tags", "score"],
+        "additionalProperties": False,
+    }
+
+    @lp.function
+    def tagged(s, seed):
+        s += "Tags as JSON: " + lp.gen(
+            "v", json_schema=schema, max_tokens=40, temperature=1.0, seed=seed
+        )
+
+    for state in tagged.run_batch([(i,) for i in range(6)], backend=gemma_local):
+        assert state.error() is None, state.error()
+        assert set(state["v"]) == {"tags", "score"} and 0 <= state["v"]["score"] <= 100
+        assert set(state["v"]["tags"]) <= {"a", "b", "c"}
