@@ -56,7 +56,7 @@ def free_text(s):
 @lp.function(temperature=0)
 def constrained_text(s):
     s += "Write a long list of English words:\n"
-    s += lp.gen("words", max_tokens=64, regex="[a-z]+(, [a-z]+){200}")
+    s += lp.gen("words", max_tokens=64, regex="[a-z, ]+", ignore_eos=True)  # any cut is a match
 
 
 @lp.function
@@ -203,7 +203,7 @@ def main() -> None:
     for bench in (bench_radix, bench_masks, bench_fresh_process, bench_batching):
         print(f"running {bench.__name__} ...", file=sys.stderr, flush=True)
         rows.append(bench(args.model, args.repeat))
-    print(f"\n| measurement | a | b | ratio b/a (or a/b) | target | met |\n|{' --- |' * 6}")
+    print(f"\n| measurement | a | b | ratio | target | met |\n|{' --- |' * 6}")
     for row in rows:
         print(
             f"| {row['name']} | {row['a']:.2f} | {row['b']:.2f} | {row['ratio']:.2f} "

@@ -254,7 +254,7 @@ class Engine:
             allowed = torch.zeros(raw.shape[-1], dtype=torch.bool)
             job.constraint.fill_mask(allowed)
             logits = logits.masked_fill(~allowed.to(raw.device), float("-inf"))
-        if forbidden_eos and job.constraint is None:
+        if forbidden_eos:
             logits = logits.clone()
             logits[list(self.eos_token_ids)] = float("-inf")
         logits = penalised(logits, job.sampling, job.generated)
