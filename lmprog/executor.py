@@ -188,6 +188,13 @@ class Execution:
         self.finished = True
         self._notify()
 
+    def cancel(self) -> None:
+        """Stop the requests in flight, here and in every fork (the program was cancelled)."""
+        if self._worker is not None:
+            self._worker.cancel()
+        for child in self.children:
+            child.cancel()
+
     def fail(self, primitive: str, exc: BaseException) -> ProgramError:
         """Record the first failure, drop what is queued, and fail every waiting reader."""
         error = exc if isinstance(exc, ProgramError) else ProgramError(self.program, primitive, exc)

@@ -226,6 +226,7 @@ class Program:
             await execution.wait_idle(with_children=True)
         except asyncio.CancelledError as exc:
             execution.fail("program", exc)
+            execution.cancel()
             raise
         except Exception as exc:
             execution.fail(getattr(exc, "primitive", None) or "the program function", exc)

@@ -245,12 +245,13 @@ class Local(Backend):
 
     def stats(self) -> dict[str, Any]:
         """Counters since load: prompt tokens the radix cache supplied vs computed, its size and
-        evictions, and the most requests decoded in one batch."""
+        evictions, the most requests decoded in one batch, and the requests in flight now."""
         if self._loaded is None:
             return {"loaded": False}
         radix = self._loaded.engine.radix
         stats = radix.stats
         return {
+            "active_requests": self._loaded.engine.active_requests,
             "peak_batch_size": self._loaded.engine.peak_batch_size,
             "hit_tokens": stats.hit_tokens,
             "computed_tokens": stats.miss_tokens,

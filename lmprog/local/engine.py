@@ -122,6 +122,13 @@ class Engine:
         """Run `fn` on the engine thread between decode steps (scoring, cache queries)."""
         self._inbox.put(fn)
 
+    @property
+    def active_requests(self) -> int:
+        """Requests being decoded or waiting for a place in the batch (read from any thread:
+        a snapshot)."""
+        batch = self._batch
+        return (len(batch.jobs) if batch is not None else 0) + len(self._waiting)
+
     def stop(self) -> None:
         self._inbox.put(None)
         self._thread.join(timeout=30)
