@@ -19,6 +19,8 @@ from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
 from lmprog.backends.sglang import RuntimeEndpoint, SGLang
+from lmprog.budget import Budget, BudgetExceededError
+from lmprog.cache_report import CacheReport, cache_report
 from lmprog.choices import (
     greedy_token_selection,
     token_length_normalized,
@@ -36,6 +38,7 @@ from lmprog.errors import (
     UnsupportedFeatureError,
 )
 from lmprog.launch import Runtime
+from lmprog.prefix_lint import PrefixOrderWarning
 from lmprog.primitives import (
     assistant,
     assistant_begin,
@@ -87,6 +90,9 @@ __all__ = [
     "BackendUnavailableError",
     "BatchError",
     "BatchInterrupted",
+    "Budget",
+    "BudgetExceededError",
+    "CacheReport",
     "Capabilities",
     "ChatTemplate",
     "ConstraintError",
@@ -95,6 +101,7 @@ __all__ = [
     "LmprogError",
     "Local",
     "OpenAI",
+    "PrefixOrderWarning",
     "Program",
     "ProgramError",
     "ProgramState",
@@ -108,6 +115,7 @@ __all__ = [
     "assistant",
     "assistant_begin",
     "assistant_end",
+    "cache_report",
     "embed",
     "function",
     "gen",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
+from lmprog.cache_report import CacheRow
 from lmprog.constraints import choices_constraint
 from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
@@ -32,6 +33,7 @@ from lmprog.ir import (
     VarScopeEnd,
     flatten,
 )
+from lmprog.prefix_lint import Origin, RunProbe
 from lmprog.tools import run_tool
 
 ChunkKind = Literal["text", "role", "gen"]
@@ -58,12 +60,20 @@ class _Snapshot:
     images: list[ImagePart]
     scopes: dict[str, int]
     loose_text: bool
+    marks: list[tuple[int, Origin]]
 
 
 @dataclass(frozen=True)
 class _ForkPoint(Node):
     snapshot: asyncio.Future[_Snapshot] = field(compare=False)
     branches: int = 1
+
+
+@dataclass(frozen=True)
+class _At(Node):
+    """The text that follows was appended by the `s += ...` at `origin` (for the lint)."""
+
+    origin: Origin
 
 
 DEFAULT_SAMPLING = SamplingParams(max_new_tokens=128)
@@ -81,6 +91,7 @@ class Execution:
         *,
         stream: bool = False,
         fork_of: asyncio.Future[_Snapshot] | None = None,
+        probe: RunProbe | None = None,
     ) -> None:
         self.backend = backend
         self.program = program
@@ -92,6 +103,10 @@ class Execution:
         self.messages: list[dict[str, Any]] = []
         self.error: ProgramError | None = None
         self.children: list[Execution] = []
+        self.requests: list[CacheRow] = []  # this state's own, for cache_report()
+        self.probe = probe  # the prefix-order lint's, until this run's first request
+        self._marks: list[tuple[int, Origin]] = []  # where each `s +=` line's text starts
+        self._submitted_origin: Origin | None = None
         self._role: str | None = None
         self._role_start = 0
         self._role_parts: list[dict[str, Any]] = []
@@ -112,8 +127,12 @@ class Execution:
 
     # ----- submitting -------------------------------------------------------------------
 
-    def submit(self, node: Node) -> None:
-        """Check and enqueue `node`; raises ProgramError at once if the backend can't run it."""
+    def submit(self, node: Node, origin: Origin | None = None) -> None:
+        """Check and enqueue `node`; raises ProgramError at once if the backend can't run it.
+        `origin`, the `s += ...` line, is kept only while the lint still needs it."""
+        if origin is not None and self.probe is not None and origin != self._submitted_origin:
+            self._pending.append(_At(origin))
+            self._submitted_origin = origin
         for primitive in flatten(node):
             try:
                 self._check(primitive)
@@ -263,6 +282,9 @@ class Execution:
             if start is None:
                 raise LmprogError(f"var_scope {node.name!r} ended without beginning")
             self.variables[node.name] = self.text[start:]
+        elif isinstance(node, _At):
+            if self.probe is not None:
+                self._marks.append((self._text_len, node.origin))
         elif isinstance(node, _ForkPoint):
             if node.branches > 1 and len(self.text) >= WARM_PREFIX_CHARS:
                 # Branches go out together: on engines whose prefix cache all requests share
@@ -349,6 +371,12 @@ class Execution:
             **fields,
         )
 
+    def _observe(self, primitive: str, prompt: str) -> None:
+        """Show the lint this run's first prompt; then stop recording where text came from."""
+        if self.probe is not None:
+            self.probe.observe(self.backend.name, primitive, prompt, self._marks)
+            self.probe, self._marks = None, []
+
     def _check_chat_shape(self) -> None:
         """A chat-only model sees messages: text outside a role, or a gen outside an assistant
         turn, has no place in them and would be lost, so it is refused instead."""
@@ -379,11 +407,13 @@ class Execution:
             return_logprob=node.return_logprob,
             top_logprobs_num=node.top_logprobs_num,
         )
+        self._observe(node.describe(), request.prompt)
         started = time.perf_counter()
         if node.n > 1:
             generations = await asyncio.gather(
                 *(self.backend.generate(_reseeded(request, i)) for i in range(node.n))
             )
+            self.requests.extend(_row(node, g) for g in generations)
             values = [self._parse(node, g) for g in generations]
             self._append(generations[0].text, "gen", node.name)
             value: Any = values
@@ -396,6 +426,7 @@ class Execution:
                 self._append(piece, "gen", node.name)
 
             generation = await self.backend.generate(request, on_text if self.stream else None)
+            self.requests.append(_row(node, generation))
             value = self._parse(node, generation)
             if node.tools:
                 value = await run_tool(node.tools, value)
@@ -425,7 +456,9 @@ class Execution:
     async def _select(self, node: Select) -> None:
         started = time.perf_counter()
         context = self._request(self.defaults)
+        self._observe(node.describe(), context.prompt)
         scored = await self.backend.score_choices(context, node.choices, node.method)
+        self.requests.append(CacheRow("select", node.name, 1, None, None))
         index = node.method.decide(scored, node.temperature)
         choice = node.choices[index]
         self._append(choice, "gen", node.name)
@@ -453,6 +486,7 @@ class Execution:
             images=list(self._images),
             scopes=dict(self._scopes),
             loose_text=self._loose_text,
+            marks=list(self._marks),
         )
 
     def _restore(self, snapshot: _Snapshot) -> None:
@@ -468,6 +502,7 @@ class Execution:
         self._images = list(snapshot.images)
         self._scopes = dict(snapshot.scopes)
         self._loose_text = snapshot.loose_text
+        self._marks = list(snapshot.marks)
         self._notify()
 
 
@@ -520,6 +555,10 @@ def _check_stream(pieces: list[str], generation: Generation) -> None:
         raise LmprogError(
             f"the backend streamed {streamed[:80]!r} but returned {generation.text[:80]!r}"
         )
+
+
+def _row(node: Gen, generation: Generation) -> CacheRow:
+    return CacheRow("gen", node.name, 1, generation.prompt_tokens, generation.cached_tokens)
 
 
 def _meta(generation: Generation, latency: float) -> dict[str, Any]:

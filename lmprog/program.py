@@ -13,8 +13,9 @@ from typing import Any, overload
 
 from tqdm.auto import tqdm
 
-from lmprog import loop
+from lmprog import loop, prefix_lint
 from lmprog.backends.base import Backend
+from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Execution
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
@@ -80,14 +81,20 @@ class Program:
     # ----- single runs ------------------------------------------------------------------
 
     def run(
-        self, *args: Any, backend: Backend | None = None, stream: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        backend: Backend | None = None,
+        stream: bool = False,
+        budget: Budget | None = None,
+        **kwargs: Any,
     ) -> ProgramState:
         """Run the program; returns its state when done (at once with stream=True).
 
         A failure does not raise here: it is on `state.error()`, and reading a value that
-        failed raises it.
+        failed raises it. With `budget`, requests stop at its limits (lmprog.budget).
         """
-        state: ProgramState = loop.wait(self._launch(args, kwargs, backend, stream))
+        chosen = _budgeted(resolve_backend(backend), budget)
+        state: ProgramState = loop.wait(self._launch(args, kwargs, chosen, stream))
         if not stream:
             state._wait_done()
         return state
@@ -95,12 +102,18 @@ class Program:
     __call__ = run
 
     async def arun(
-        self, *args: Any, backend: Backend | None = None, stream: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        backend: Backend | None = None,
+        stream: bool = False,
+        budget: Budget | None = None,
+        **kwargs: Any,
     ) -> ProgramState:
         """`run` for asyncio code and notebooks."""
+        chosen = _budgeted(resolve_backend(backend), budget)
 
         async def go() -> ProgramState:
-            state = await self._launch(args, kwargs, backend, stream)
+            state = await self._launch(args, kwargs, chosen, stream)
             if not stream:
                 assert state._done is not None
                 await state._done
@@ -119,16 +132,19 @@ class Program:
         progress_bar: bool = False,
         return_exceptions: bool = True,
         num_threads: int | str | None = None,
+        budget: Budget | None = None,
         **sampling: Any,
     ) -> list[ProgramState]:
         """Run the program once per item (a dict of kwargs or a tuple of args), concurrently.
 
         Results come back in input order; a failed program's state carries its error. On Ctrl-C
         in-flight programs are cancelled and `BatchInterrupted.states` keeps what finished.
+        With `budget`, the whole batch shares it (lmprog.budget).
         """
         slots: list[ProgramState | None] = [None] * len(batch)
+        chosen = _budgeted(resolve_backend(backend), budget)
         future = loop.submit(
-            self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
+            self._batch(batch, slots, chosen, max_concurrency, num_threads, progress_bar, sampling)
         )
         try:
             loop.result_of(future)
@@ -146,12 +162,14 @@ class Program:
         progress_bar: bool = False,
         return_exceptions: bool = True,
         num_threads: int | str | None = None,
+        budget: Budget | None = None,
         **sampling: Any,
     ) -> list[ProgramState]:
         """`run_batch` for asyncio code and notebooks."""
         slots: list[ProgramState | None] = [None] * len(batch)
+        chosen = _budgeted(resolve_backend(backend), budget)
         await loop.await_on_loop(
-            self._batch(batch, slots, backend, max_concurrency, num_threads, progress_bar, sampling)
+            self._batch(batch, slots, chosen, max_concurrency, num_threads, progress_bar, sampling)
         )
         return _finish_batch(slots, return_exceptions)
 
@@ -210,7 +228,13 @@ class Program:
             else:
                 program_kwargs[key] = value
         defaults = SamplingParams.from_kwargs(**sampling).merged_over(self.defaults)
-        execution = Execution(resolve_backend(backend), self.name, defaults, stream=stream)
+        execution = Execution(
+            resolve_backend(backend),
+            self.name,
+            defaults,
+            stream=stream,
+            probe=prefix_lint.probe(self.func, self.name),
+        )
         state = ProgramState(execution)
         state._done = asyncio.get_running_loop().create_task(
             self._drive(state, tuple(args), program_kwargs)
@@ -247,6 +271,11 @@ def resolve_backend(backend: Backend | None) -> Backend:
 
         _default_backend = Local()
     return _default_backend
+
+
+def _budgeted(backend: Backend, budget: Budget | None) -> Backend:
+    """The backend a run uses: with a budget, one meter charged by all its programs."""
+    return backend if budget is None else BudgetedBackend(backend, BudgetMeter(budget))
 
 
 def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:

@@ -13,9 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from lmprog import loop
+from lmprog.cache_report import CacheReport, CacheRow
 from lmprog.errors import ProgramError
 from lmprog.executor import Chunk, Execution
 from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
+from lmprog.prefix_lint import caller_origin
 
 
 async def _call(fn: Callable[[], Any]) -> Any:
@@ -43,7 +45,8 @@ class ProgramState:
         if other is None:
             raise TypeError("cannot append None to a program state")
         node = as_node(other)
-        _on_loop(lambda: self._execution.submit(node))
+        origin = caller_origin() if self._execution.probe is not None else None
+        _on_loop(lambda: self._execution.submit(node, origin))
         return self
 
     @contextmanager
@@ -109,6 +112,12 @@ class ProgramState:
         """Wait until everything appended so far has run."""
         loop.wait(self._execution.wait_idle())
 
+    def cache_report(self) -> CacheReport:
+        """Prompt tokens this program sent, served from the engine's prefix cache, and
+        computed, as the engine reported them (forks included; waits for the program to end)."""
+        self._wait_done()
+        return CacheReport(tuple(_requests(self._execution)))
+
     def error(self) -> ProgramError | None:
         """The error that stopped the program, if any (waits for the program to end)."""
         self._wait_done()
@@ -144,6 +153,7 @@ class ProgramState:
                     parent.defaults,
                     stream=parent.stream,
                     fork_of=snapshot,
+                    probe=parent.probe,
                 )
                 parent.children.append(child)
                 branches.append(ProgramState(child))
@@ -211,6 +221,12 @@ class ProgramState:
         text = execution.text
         shown = text if len(text) <= 60 else text[:28] + " ... " + text[-27:]
         return f"<ProgramState {execution.program!r} {status}: {shown!r}>"
+
+
+def _requests(execution: Execution) -> Iterator[CacheRow]:
+    yield from execution.requests
+    for child in execution.children:
+        yield from _requests(child)
 
 
 async def _settled(task: asyncio.Future[Any]) -> None:

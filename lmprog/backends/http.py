@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from lmprog.budget import note_retry
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -91,9 +92,11 @@ class JsonClient:
             else:
                 if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
                     break
+                note_retry()
                 await asyncio.sleep(_retry_after(response) or _backoff(attempt))
                 attempt += 1
                 continue
+            note_retry()
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
         if response.status_code >= 400:
@@ -134,6 +137,7 @@ class JsonClient:
             except BackendResponseError as exc:
                 if started or exc.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
                     raise
+            note_retry()
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
 
