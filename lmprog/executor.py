@@ -29,6 +29,7 @@ from lmprog.ir import (
     SamplingParams,
     Select,
     Text,
+    Think,
     VarScopeBegin,
     VarScopeEnd,
     flatten,
@@ -107,6 +108,7 @@ class Execution:
         self.probe = probe  # the prefix-order lint's, until this run's first request
         self._marks: list[tuple[int, Origin]] = []  # where each `s +=` line's text starts
         self._submitted_origin: Origin | None = None
+        self._reasoning: str | None = None  # from gen(think=...), for the gen that follows
         self._role: str | None = None
         self._role_start = 0
         self._role_parts: list[dict[str, Any]] = []
@@ -269,6 +271,8 @@ class Execution:
             await self._gen(node)
         elif isinstance(node, Select):
             await self._select(node)
+        elif isinstance(node, Think):
+            await self._think(node)
         elif isinstance(node, RoleBegin):
             await self._role_begin(node)
         elif isinstance(node, RoleEnd):
@@ -437,6 +441,36 @@ class Execution:
         if node.name is not None:
             self.variables[node.name] = value
             self.meta[node.name] = _meta(generation, time.perf_counter() - started)
+            self._attach_reasoning(node.name)
+
+    async def _think(self, node: Think) -> None:
+        """The reasoning span of `gen(think=...)`: free text up to the closing delimiter or the
+        budget, then the delimiter (also when the budget cut it short), so the constrained
+        answer that follows starts in the right place."""
+        opening, closing = node.delimiters or await self._think_delimiters()
+        self._append(opening, "text")
+        merged = node.sampling.merged_over(self.defaults).__dict__
+        stops = tuple(dict.fromkeys((closing, closing.strip())))
+        sampling = SamplingParams(**{**merged, "max_new_tokens": node.budget, "stop": stops})
+        generation = await self.backend.generate(self._request(sampling))
+        row = CacheRow("gen", f"{node.name} (reasoning)", 1, generation.prompt_tokens,
+                       generation.cached_tokens)  # fmt: skip
+        self.requests.append(row)
+        reasoning = generation.text.rstrip() if closing[:1].isspace() else generation.text
+        self._append(reasoning, "text")
+        self._append(closing, "text")
+        self._reasoning = reasoning
+
+    async def _think_delimiters(self) -> tuple[str, str]:
+        """The model's own reasoning tags where its chat template uses them, else plain words
+        (which a base model also follows)."""
+        try:
+            template = await self.backend.chat_template()
+        except LmprogError:
+            template = None
+        if template is not None and "<think>" in template.source:
+            return "<think>\n", "\n</think>\n\n"
+        return " Reasoning:", "\nAnswer:"
 
     def _parse(self, node: Gen, generation: Generation) -> Any:
         if node.constraint is None:
@@ -471,6 +505,12 @@ class Execution:
                 **node.method.meta_info(scored),
                 "latency_s": time.perf_counter() - started,
             }
+            self._attach_reasoning(node.name)
+
+    def _attach_reasoning(self, name: str) -> None:
+        if self._reasoning is not None:
+            self.meta[name]["reasoning"] = self._reasoning
+            self._reasoning = None
 
     # ----- forks ------------------------------------------------------------------------
 

@@ -117,6 +117,20 @@ class Gen(Node):
 
 
 @dataclass(frozen=True)
+class Think(Node):
+    """A free reasoning span before the gen or select that follows it (`gen(think=...)`):
+    at most `budget` tokens between `delimiters` (None: the model's own, see the executor)."""
+
+    name: str | None
+    sampling: SamplingParams
+    budget: int
+    delimiters: tuple[str, str] | None = None
+
+    def describe(self) -> str:
+        return f"gen({self.name!r}, think=...)" if self.name else "gen(think=...)"
+
+
+@dataclass(frozen=True)
 class Select(Node):
     name: str | None
     choices: tuple[str, ...]

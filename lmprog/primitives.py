@@ -24,9 +24,12 @@ from lmprog.ir import (
     RoleEnd,
     SamplingParams,
     Select,
+    Think,
     as_node,
 )
 from lmprog.tools import tool_specs, tools_constraint
+
+DEFAULT_THINK_BUDGET = 256  # tokens of reasoning when gen(think=True) sets no budget
 
 
 def gen(
@@ -54,9 +57,61 @@ def gen(
     presence_penalty: float | None = None,
     seed: int | None = None,
     max_new_tokens: int | None = None,
+    think: bool = False,
+    think_budget: int | None = None,
+    think_delimiters: tuple[str, str] | None = None,
 ) -> Node:
     """Generate text into variable `name`. Unset sampling values come from `run(...)`,
-    then `@lp.function(...)`, then lmprog's defaults (128 new tokens)."""
+    then `@lp.function(...)`, then lmprog's defaults (128 new tokens).
+
+    `think=True` (or `think_budget=N` tokens, default 256) lets the model reason freely first,
+    between the model's own reasoning delimiters (`<think>`...`</think>` where its chat
+    template has them, else `think_delimiters`, else "Reasoning:" ... "Answer:"); then the
+    answer is generated under the constraint. `get_meta_info(name)["reasoning"]` keeps the
+    reasoning; it is never parsed as the answer."""
+    answer = _gen(**{k: v for k, v in locals().items() if not k.startswith("think")})  # the rest
+    if not think and think_budget is None:
+        return answer
+    budget = think_budget if think_budget is not None else DEFAULT_THINK_BUDGET
+    if budget < 1:
+        raise ValueError(f"gen(think_budget=...) must be at least 1, got {budget}")
+    reasoning = Think(
+        name=name,
+        sampling=SamplingParams.from_kwargs(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed
+        ),
+        budget=budget,
+        delimiters=think_delimiters,
+    )
+    return reasoning + answer
+
+
+def _gen(
+    name: str | None,
+    max_tokens: int | None,
+    stop: str | Sequence[str] | None,
+    stop_token_ids: Sequence[int] | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    min_p: float | None,
+    min_tokens: int | None,
+    n: int,
+    regex: str | None,
+    json_schema: dict[str, Any] | str | None,
+    type: Any,
+    choices: Sequence[str] | None,
+    grammar: str | None,
+    dtype: Any,
+    return_logprob: bool,
+    top_logprobs_num: int,
+    ignore_eos: bool,
+    tools: Sequence[Callable[..., Any] | dict[str, Any]] | None,
+    frequency_penalty: float | None,
+    presence_penalty: float | None,
+    seed: int | None,
+    max_new_tokens: int | None,
+) -> Node:
     if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
         return select(name, choices, temperature=temperature or 0.0)
     try:

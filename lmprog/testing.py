@@ -59,7 +59,9 @@ class ScriptedBackend(Backend):
         self.max_in_flight = 0
 
     async def _load_chat_template(self) -> ChatTemplate:
-        return ChatTemplate.builtin(self._template_name)
+        template = ChatTemplate.given(self._template_name)
+        assert template is not None
+        return template
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None
