@@ -69,6 +69,7 @@ from lmprog.tools import ToolCall
 
 if TYPE_CHECKING:
     from lmprog.local import Local
+    from lmprog.local.embeddings import LocalEmbeddings
 
 
 def __getattr__(name: str) -> Any:
@@ -76,6 +77,10 @@ def __getattr__(name: str) -> Any:
         from lmprog.local import Local
 
         return Local
+    if name == "LocalEmbeddings":
+        from lmprog.local.embeddings import LocalEmbeddings
+
+        return LocalEmbeddings
     raise AttributeError(f"module 'lmprog' has no attribute {name!r}")
 
 
@@ -100,6 +105,7 @@ __all__ = [
     "LlamaCpp",
     "LmprogError",
     "Local",
+    "LocalEmbeddings",
     "OpenAI",
     "PrefixOrderWarning",
     "Program",

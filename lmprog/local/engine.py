@@ -10,6 +10,7 @@ loop that runs the programs stays responsive while the model computes.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable
@@ -112,6 +113,9 @@ class Engine:
         self.peak_batch_size = 0  # most requests ever decoded in one step
         self._thread = threading.Thread(target=self._run, name="lmprog-local-engine", daemon=True)
         self._thread.start()
+        # torch code still running in a thread when the interpreter finalizes aborts the
+        # process ("terminate called without an active exception"): stop it first.
+        atexit.register(self.stop)
 
     # ----- called from any thread ---------------------------------------------------------
 
