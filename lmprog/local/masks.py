@@ -88,6 +88,7 @@ OUTLINES_IGNORES = frozenset(
         "unevaluatedItems", "contentEncoding", "contentMediaType",
     }
 )  # fmt: skip
+_LONG_BOUNDED_REPEAT = re.compile(r"(?<!\\)\{\d*,?\s*\d{2,}\}")  # {10}, {1,30}, {,99}
 _START_ANCHOR = re.compile(r"\A(?:\^|\\A)")
 # Unescaped constructs that could match the START marker (conservative: `.` in a class counts).
 _MAY_MATCH_MARKER = re.compile(r"(?<!\\)(?:\\\\)*(?:\.|\[\^|\\[DWSPpxuU])|[\U00100000-\U0010ffff]")
@@ -260,7 +261,10 @@ class ConstraintMasker:
             constraint.kind == "json_schema" and not outlines_enforces(constraint.schema)
         ):
             return GrammarState(self.vocabulary, self._grammar(constraint).deep_copy())
-        return IndexState(self.vocabulary, self._index(constraint_regex(constraint)))
+        pattern = constraint_regex(constraint)
+        if constraint.kind != "choices" and explodes_in_outlines(pattern):
+            return GrammarState(self.vocabulary, self._grammar(constraint).deep_copy())
+        return IndexState(self.vocabulary, self._index(pattern))
 
     def _index(self, pattern: str) -> _CompiledIndex:
         compiled = self._indexes.get(pattern)
@@ -289,7 +293,7 @@ class ConstraintMasker:
         return index
 
     def _grammar(self, constraint: Constraint) -> llguidance.LLMatcher:
-        key = constraint.grammar or json.dumps(constraint.schema, sort_keys=True)
+        key = constraint.grammar or constraint.pattern or json.dumps(constraint.schema)
         matcher = self._grammars.get(key)
         if matcher is None:
             matcher = _compile_grammar(constraint, self.vocabulary.guidance)
@@ -334,9 +338,20 @@ def outlines_enforces(schema: Any) -> bool:
     return True
 
 
+def explodes_in_outlines(pattern: str) -> bool:
+    """A pattern outlines-core would take minutes and gigabytes to compile: a bounded repeat
+    of 10 or more over something that can match the START marker (`.`, a negated class...),
+    e.g. `[^\\n.!?]{1,100}` used 13 GB. llguidance computes such masks lazily instead."""
+    return bool(_MAY_MATCH_MARKER.search(pattern) and _LONG_BOUNDED_REPEAT.search(pattern))
+
+
 def _compile_grammar(constraint: Constraint, tokenizer: llguidance.LLTokenizer) -> Any:
     """A pristine matcher for a grammar or JSON schema (copied for each generation)."""
-    if constraint.kind == "json_schema":
+    if constraint.kind == "regex":
+        assert constraint.pattern is not None
+        what = "regex"
+        grammar = llguidance.LLMatcher.grammar_from_regex(constraint.pattern)
+    elif constraint.kind == "json_schema":
         assert constraint.schema is not None
         what = "JSON schema"
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
