@@ -177,13 +177,12 @@ class Program:
         self,
         batch: Sequence[BatchItem],
         slots: list[ProgramState | None],
-        backend: Backend | None,
+        chosen: Backend,
         max_concurrency: int | None,
         num_threads: int | str | None,
         progress_bar: bool,
         sampling: dict[str, Any],
     ) -> None:
-        chosen = resolve_backend(backend)
         if max_concurrency is None and isinstance(num_threads, int):
             max_concurrency = num_threads
         limit = asyncio.Semaphore(max_concurrency or await chosen.concurrency_hint())
@@ -216,10 +215,11 @@ class Program:
         self,
         args: Sequence[Any],
         kwargs: dict[str, Any],
-        backend: Backend | None,
+        backend: Backend,
         stream: bool,
     ) -> ProgramState:
-        """Start the program on the loop; its state's `_done` completes when it ends."""
+        """Start the program on the loop (on the backend its caller resolved); its state's
+        `_done` completes when it ends."""
         program_kwargs = {**self.bound}
         sampling: dict[str, Any] = {}
         for key, value in kwargs.items():
@@ -229,7 +229,7 @@ class Program:
                 program_kwargs[key] = value
         defaults = SamplingParams.from_kwargs(**sampling).merged_over(self.defaults)
         execution = Execution(
-            resolve_backend(backend),
+            backend,
             self.name,
             defaults,
             stream=stream,

@@ -223,7 +223,7 @@ class Local(Backend):
             unconditional = None
             if method.requires_unconditional_logprobs:
                 unconditional = await self._on_engine(loaded, partial(_score, loaded, bos, ids))
-            pieces = tuple(loaded.tokenizer.decode([i], skip_special_tokens=False) for i in ids)
+            pieces = tuple(loaded.engine.token_text(i) for i in ids)
             scored.append(ChoiceLogprobs(choice, tuple(logprobs), pieces, unconditional))
         return scored
 

@@ -338,9 +338,10 @@ class Engine:
             if job.text.endswith("\ufffd"):
                 end -= 1
             for stop in job.sampling.stop or ():
+                settled = job.text[:end]
                 for k in range(min(len(stop) - 1, end), 0, -1):
-                    if job.text[:end].endswith(stop[:k]):
-                        end = min(end, len(job.text[:end]) - k)
+                    if settled.endswith(stop[:k]):
+                        end -= k
                         break
         if end > job.emitted:
             job.on_text(job.text[job.emitted : end])
