@@ -19,7 +19,8 @@ from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Execution
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
-from lmprog.state import ProgramState
+from lmprog.scheduling import BatchScheduler
+from lmprog.state import Batch, ProgramState
 
 _default_backend: Backend | None = None
 
@@ -189,11 +190,14 @@ class Program:
         bar = tqdm(total=len(batch), desc=self.name, unit="prog") if progress_bar else None
         failed = 0
 
-        async def one(index: int, item: BatchItem) -> None:
+        scheduler = BatchScheduler(chosen, len(batch))  # prefix order, shared prefixes warmed
+
+        async def one(index: int) -> None:
             nonlocal failed
-            args, kwargs = _split_item(item)
+            args, kwargs = _split_item(batch[index])
             async with limit:
-                state = await self._launch(args, {**sampling, **kwargs}, chosen, False)
+                item_backend = scheduler.backend_for(index)
+                state = await self._launch(args, {**sampling, **kwargs}, item_backend, False)
                 slots[index] = state
                 assert state._done is not None
                 await state._done
@@ -204,7 +208,7 @@ class Program:
                     bar.set_postfix(failed=failed)
 
         try:
-            await asyncio.gather(*(one(i, item) for i, item in enumerate(batch)))
+            await scheduler.run(batch, one)
         finally:
             if bar is not None:
                 bar.close()
@@ -286,8 +290,8 @@ def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:
     raise TypeError(f"a batch item must be a dict of kwargs or a tuple of args, got {item!r}")
 
 
-def _finish_batch(slots: list[ProgramState | None], return_exceptions: bool) -> list[ProgramState]:
-    states = [s for s in slots if s is not None]
+def _finish_batch(slots: list[ProgramState | None], return_exceptions: bool) -> Batch:
+    states = Batch(s for s in slots if s is not None)
     assert len(states) == len(slots), "every program of a finished batch has a state"
     errors = [s._execution.error for s in states if s._execution.error is not None]
     if errors and not return_exceptions:

@@ -1,0 +1,265 @@
+"""Prefix-aware batch scheduling: items that share a prompt prefix run close together, and a
+shared prefix is computed once before the items that share it go out.
+
+`run_batch` does not know an item's prompt before running it, and running a program body twice
+(or with placeholder arguments, as SGLang's tracing does) would repeat its side effects. So the
+batch learns from its first item instead:
+
+1. Item 0 is launched alone. Its first request is held while it warms the engine's cache with
+   its own prompt (`backend.warm`), so the items that share a prefix with it find the prefix
+   computed; item 0's own request then reuses all of it.
+2. The other items are launched once that prompt is known, in an order that keeps items sharing
+   a prefix together: sorted by the values of their string arguments, taken in the order those
+   values appear in item 0's prompt (a document before a question sorts by document). This is
+   the order of the prompts themselves, as far as the arguments show it.
+3. Each item's first request joins a group of items whose prompts share at least
+   `WARM_PREFIX_CHARS` with it. The first item to join a group warms what it shares with the
+   group's first item, and the others wait for that one warm-up instead of all computing the
+   prefix at once (which is what concurrent requests on a shared-cache engine do).
+
+Engines whose cache is per slot (llama-server) do nothing on `warm`, so there only the order
+changes. Results still come back in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
+
+from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.errors import LmprogError
+from lmprog.executor import WARM_PREFIX_CHARS
+from lmprog.templates import ChatTemplate
+
+T = TypeVar("T")
+
+FIRST_PROMPT_WAIT_S = 1.0  # the rest of a batch waits at most this long for item 0's prompt
+MIN_KEY_CHARS = 4  # shorter argument values are found in a prompt by chance
+
+
+class PrefixIndex(Generic[T]):
+    """What was last recorded for each prefix of the prompts seen, at `block`-character
+    boundaries: a bounded map (least recently used out) from a prefix's hash to a value."""
+
+    def __init__(self, block: int = 256, capacity: int = 100_000) -> None:
+        self.block = block
+        self.capacity = capacity
+        self._values: OrderedDict[bytes, T] = OrderedDict()
+
+    def keys(self, prompt: str) -> list[bytes]:
+        """One hash per whole block of `prompt`: the i-th covers its first (i+1)*block chars."""
+        digest = hashlib.blake2b(digest_size=8)
+        keys = []
+        for start in range(0, len(prompt) - self.block + 1, self.block):
+            digest.update(prompt[start : start + self.block].encode("utf-8", "surrogatepass"))
+            keys.append(digest.digest())
+        return keys
+
+    def longest(
+        self, keys: list[bytes], accept: Callable[[T], bool] = lambda value: True
+    ) -> tuple[T | None, int]:
+        """The value recorded for the longest of these prefixes that `accept` takes, and that
+        prefix's length in characters ((None, 0) when none is known)."""
+        for depth in range(len(keys), 0, -1):
+            value = self._values.get(keys[depth - 1])
+            if value is not None and accept(value):
+                self._values.move_to_end(keys[depth - 1])
+                return value, depth * self.block
+        return None, 0
+
+    def record(self, keys: list[bytes], value: T) -> None:
+        for key in keys:
+            self._values[key] = value
+            self._values.move_to_end(key)
+        while len(self._values) > self.capacity:
+            self._values.popitem(last=False)
+
+
+def prefix_order(items: Sequence[Any], prompt: str) -> list[int]:
+    """Launch order: item 0, then the others sorted by their string arguments, most significant
+    first where item 0's `prompt` shows it first; input order when no argument shows."""
+    first = _string_arguments(items[0])
+    found = sorted(
+        (prompt.find(value), key)
+        for key, value in first.items()
+        if len(value) >= MIN_KEY_CHARS and value in prompt
+    )
+    order = [key for _, key in found]
+    if not order:
+        return list(range(len(items)))
+
+    def sort_key(index: int) -> tuple[str, ...]:
+        values = _string_arguments(items[index])
+        return tuple(values.get(key, "") for key in order)
+
+    return [0, *sorted(range(1, len(items)), key=sort_key)]
+
+
+def _string_arguments(item: Any) -> dict[int | str, str]:
+    pairs = item.items() if isinstance(item, dict) else enumerate(item)
+    return {key: value for key, value in pairs if isinstance(value, str)}
+
+
+def _shared_chars(a: str, b: str) -> int:
+    """How many leading characters two strings share (by bisection: slices compare in C)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class _Group:
+    """Items whose first prompts share a long prefix; one warm-up serves them all."""
+
+    def __init__(self, leader: str) -> None:
+        self.leader = leader
+        self.warm: asyncio.Task[None] | None = None
+        self.computed = False  # the leader's first request has finished: the engine has it
+
+
+class BatchScheduler:
+    """Launches a batch's items in prefix order and warms each shared prefix once.
+
+    `backend_for(i)` is the backend item i runs on: it holds the item's first request until
+    the item is admitted (grouped, and its group's prefix warmed)."""
+
+    def __init__(self, backend: Backend, size: int) -> None:
+        self.backend = backend
+        self.size = size
+        self._groups: PrefixIndex[_Group] = PrefixIndex(block=128)
+        self._first_prompt: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._warms: list[asyncio.Task[None]] = []
+
+    def backend_for(self, index: int) -> Backend:
+        return _ItemBackend(self, index) if self.size > 1 else self.backend
+
+    async def run(
+        self, items: Sequence[Any], start: Callable[[int], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run `start(i)` for every item: item 0 first, the others once its prompt is known."""
+        if len(items) < 2:
+            await asyncio.gather(*(start(i) for i in range(len(items))))
+            return
+        first = asyncio.ensure_future(start(0))
+        try:
+            waiting: list[asyncio.Future[Any]] = [first, self._first_prompt]
+            await asyncio.wait(
+                waiting,
+                timeout=FIRST_PROMPT_WAIT_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            order: Sequence[int] = range(len(items))
+            if self._first_prompt.done():
+                order = prefix_order(items, self._first_prompt.result())
+            await asyncio.gather(first, *(start(i) for i in order if i != 0))
+        finally:  # cancels only what a cancelled batch left running
+            first.cancel()
+            for warm in self._warms:
+                warm.cancel()
+
+    async def admit(self, index: int, prompt: str) -> _Group | None:
+        """Called before item `index`'s first request: group it, and wait for its group's
+        warm-up. Returns the group the item leads (None if it joined one).
+
+        Item 0 warms its whole prompt. A group's first item goes without warming: its own
+        request computes the prefix. The next item warms the shared part if that request is
+        still in flight (concurrent requests would each compute it); later items wait for that
+        warm-up, which is then in the cache."""
+        if index == 0 and not self._first_prompt.done():
+            self._first_prompt.set_result(prompt)
+        if len(prompt) < WARM_PREFIX_CHARS:
+            return None
+        keys = self._groups.keys(prompt)
+        group, _ = self._groups.longest(keys)
+        shared = _shared_chars(group.leader, prompt) if group else 0
+        leads = group is None or shared < WARM_PREFIX_CHARS
+        if group is None or leads:
+            group = _Group(prompt)
+            self._groups.record(keys, group)
+            if index == 0:
+                group.warm = self._warm(prompt)
+        elif group.warm is None and not group.computed:
+            group.warm = self._warm(prompt[:shared])
+        if group.warm is not None:
+            await asyncio.shield(group.warm)
+        return group if leads else None
+
+    def _warm(self, prefix: str) -> asyncio.Task[None]:
+        """Warm the engine's cache with `prefix`, as a task the group's items wait for."""
+
+        async def warm() -> None:
+            # a failed warm-up only loses the optimisation: the requests that follow meet the
+            # same failure and report it
+            with contextlib.suppress(LmprogError):
+                await self.backend.warm(prefix)
+
+        task = asyncio.ensure_future(warm())
+        self._warms.append(task)
+        return task
+
+
+class _ItemBackend(Backend):
+    """The batch's backend as one item sees it: its first request waits to be admitted."""
+
+    def __init__(self, scheduler: BatchScheduler, index: int) -> None:
+        self.scheduler = scheduler
+        self.index = index
+        self.inner = scheduler.backend
+        self.name = self.inner.name
+        self.capabilities = self.inner.capabilities
+        self.image_marker = self.inner.image_marker
+        self._admitted: asyncio.Task[_Group | None] | None = None
+
+    async def _admit(self, prompt: str) -> _Group | None:
+        """Admit the item on its first request (every request waits for that); returns the
+        group it leads, if any."""
+        if self._admitted is None:
+            self._admitted = asyncio.ensure_future(self.scheduler.admit(self.index, prompt))
+        return await asyncio.shield(self._admitted)
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        leads = await self._admit(request.prompt)
+        try:
+            return await self.inner.generate(request, on_text)
+        finally:
+            if leads is not None:
+                leads.computed = True
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        leads = await self._admit(context.prompt)
+        try:
+            return await self.inner.score_choices(context, choices, method)
+        finally:
+            if leads is not None:
+                leads.computed = True
+
+    async def warm(self, prompt: str) -> None:
+        await self.inner.warm(prompt)
+
+    async def chat_template(self) -> ChatTemplate:
+        return await self.inner.chat_template()
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        return await self.inner.chat_template()
+
+    def cached_chat_template(self) -> ChatTemplate | None:
+        return self.inner.cached_chat_template()
+
+    async def concurrency_hint(self) -> int:
+        return await self.inner.concurrency_hint()
+
+    def check_images(self) -> None:
+        self.inner.check_images()
