@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
+from lmprog.backends.replicas import Replicas
 from lmprog.backends.sglang import RuntimeEndpoint, SGLang
 from lmprog.budget import Budget, BudgetExceededError
 from lmprog.cache_report import CacheReport, cache_report
@@ -111,6 +112,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "ProgramState",
+    "Replicas",
     "Runtime",
     "RuntimeEndpoint",
     "SGLang",
