@@ -64,9 +64,10 @@ from lmprog.program import (
     get_default_backend,
     set_default_backend,
 )
-from lmprog.state import ForkGroup, ProgramState
+from lmprog.state import Batch, ForkGroup, PartialStream, ProgramState
 from lmprog.templates import ChatTemplate, TemplateError
 from lmprog.tools import ToolCall
+from lmprog.trace import OpenTelemetryTraces, Span, stop_tracing, trace_to, write_trace
 
 if TYPE_CHECKING:
     from lmprog.local import Local
@@ -94,6 +95,7 @@ __all__ = [
     "BackendResponseError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "Batch",
     "BatchError",
     "BatchInterrupted",
     "Budget",
@@ -108,6 +110,8 @@ __all__ = [
     "Local",
     "LocalEmbeddings",
     "OpenAI",
+    "OpenTelemetryTraces",
+    "PartialStream",
     "PrefixOrderWarning",
     "Program",
     "ProgramError",
@@ -116,6 +120,7 @@ __all__ = [
     "Runtime",
     "RuntimeEndpoint",
     "SGLang",
+    "Span",
     "TemplateError",
     "ToolCall",
     "UnsupportedFeatureError",
@@ -134,12 +139,15 @@ __all__ = [
     "image",
     "select",
     "set_default_backend",
+    "stop_tracing",
     "system",
     "system_begin",
     "system_end",
     "token_length_normalized",
+    "trace_to",
     "unconditional_likelihood_normalized",
     "user",
     "user_begin",
     "user_end",
+    "write_trace",
 ]

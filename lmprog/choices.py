@@ -16,6 +16,7 @@ class ChoiceLogprobs:
     token_logprobs: tuple[float, ...]
     tokens: tuple[str, ...] = ()
     unconditional_token_logprobs: tuple[float, ...] | None = None
+    path: str = "logprob scoring"  # how the pick was made (meta "constraint_path")
 
     @property
     def normalized(self) -> float:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart
+from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart, TextCallback
 from lmprog.cache_report import CacheRow
-from lmprog.constraints import choices_constraint
+from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
     Gen,
@@ -36,6 +37,8 @@ from lmprog.ir import (
 )
 from lmprog.prefix_lint import Origin, RunProbe
 from lmprog.tools import run_tool
+from lmprog.trace import Tracer
+from lmprog.validation import VALIDATABLE, generate_validated
 
 ChunkKind = Literal["text", "role", "gen"]
 
@@ -93,8 +96,11 @@ class Execution:
         stream: bool = False,
         fork_of: asyncio.Future[_Snapshot] | None = None,
         probe: RunProbe | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.backend = backend
+        self.tracer = tracer or Tracer(program, backend.name)
+        self._span = self.tracer.root  # the primitive running now (parent of its requests)
         self.program = program
         self.defaults = defaults.merged_over(DEFAULT_SAMPLING)
         self.stream = stream
@@ -105,6 +111,7 @@ class Execution:
         self.error: ProgramError | None = None
         self.children: list[Execution] = []
         self.requests: list[CacheRow] = []  # this state's own, for cache_report()
+        self.constraints: dict[str, Constraint | None] = {}  # by gen name, for partial_iter
         self.probe = probe  # the prefix-order lint's, until this run's first request
         self._marks: list[tuple[int, Origin]] = []  # where each `s +=` line's text starts
         self._submitted_origin: Origin | None = None
@@ -143,12 +150,15 @@ class Execution:
             name = _produces(primitive)
             if name is not None:
                 self._futures[name] = asyncio.get_running_loop().create_future()
+                if isinstance(primitive, Gen):
+                    self.constraints[name] = primitive.constraint
             self._pending.append(primitive)
         self._ensure_worker()
 
     def _check(self, node: Node) -> None:
         if isinstance(node, Gen):
-            self.backend.check_constraint(node.constraint)
+            if not self._validates(node):
+                self.backend.check_constraint(node.constraint)
         elif isinstance(node, Select):
             self.backend.check_choices_method(node.method)
         elif isinstance(node, Image):
@@ -195,6 +205,12 @@ class Execution:
     def has_pending(self, name: str) -> bool:
         return name in self._futures
 
+    def all_requests(self) -> Iterator[CacheRow]:
+        """The cache-report rows of this state and of all its forks."""
+        yield from self.requests
+        for child in self.children:
+            yield from child.all_requests()
+
     async def wait_idle(self, with_children: bool = False) -> None:
         await self._idle.wait()
         if with_children:
@@ -207,6 +223,7 @@ class Execution:
 
     def mark_finished(self) -> None:
         self.finished = True
+        self.tracer.finish(self.error)
         self._notify()
 
     def cancel(self) -> None:
@@ -265,14 +282,10 @@ class Execution:
             future.set_result(self.variables.get(name))
 
     async def _run(self, node: Node) -> None:
-        if isinstance(node, Text):
+        if isinstance(node, (Gen, Select, Think)):
+            await self._traced(node)
+        elif isinstance(node, Text):
             self._append(node.text, "text")
-        elif isinstance(node, Gen):
-            await self._gen(node)
-        elif isinstance(node, Select):
-            await self._select(node)
-        elif isinstance(node, Think):
-            await self._think(node)
         elif isinstance(node, RoleBegin):
             await self._role_begin(node)
         elif isinstance(node, RoleEnd):
@@ -403,6 +416,70 @@ class Execution:
             return ""
         return template.role_markers(self._role)[1].strip()
 
+    async def _traced(self, node: Gen | Select | Think) -> None:
+        """Run a primitive that sends requests, inside a span of its own."""
+        self._span = self.tracer.start("primitive", node.describe(), self.tracer.root)
+        try:
+            if isinstance(node, Gen):
+                await self._gen(node)
+            elif isinstance(node, Select):
+                await self._select(node)
+            else:
+                await self._think(node)
+        except BaseException as exc:
+            self._span.finish(exc)
+            raise
+        else:
+            self._span.finish()
+        finally:
+            self._span = self.tracer.root
+
+    async def _send(
+        self, request: GenerateRequest, label: str | None, on_text: TextCallback | None = None
+    ) -> Generation:
+        """One backend request, recorded as a span and as a row of the cache report."""
+        sampling = request.sampling
+        span = self.tracer.start(
+            "request",
+            "generate",
+            self._span,
+            backend=self.tracer.root.attributes["backend"],
+            operation="chat" if self.backend.capabilities.chat_only else "text_completion",
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            constrained=request.constraint.kind if request.constraint else None,
+        )
+        try:
+            generation = await self.backend.generate(request, on_text)
+        except BaseException as exc:
+            span.finish(exc)
+            raise
+        span.text = generation.text
+        span.finish(
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            cached_tokens=generation.cached_tokens,
+            finish_reason=generation.finish_reason,
+        )
+        self.requests.append(
+            CacheRow("gen", label, 1, generation.prompt_tokens, generation.cached_tokens)
+        )
+        return generation
+
+    def _validates(self, node: Gen) -> bool:
+        """Whether `node` takes the opt-in generate-validate-retry path on this backend."""
+        if not node.validate_attempts or node.constraint is None:
+            return False
+        if node.constraint.kind not in VALIDATABLE:
+            return False  # check_constraint then says what would work
+        try:
+            self.backend.check_constraint(node.constraint)
+        except UnsupportedFeatureError:
+            return True
+        return False
+
     async def _gen(self, node: Gen) -> None:
         sampling = node.sampling.merged_over(self.defaults)
         request = self._request(
@@ -413,14 +490,33 @@ class Execution:
         )
         self._observe(node.describe(), request.prompt)
         started = time.perf_counter()
-        if node.n > 1:
+        path = self.backend.capabilities.enforcement if node.constraint else None
+        if self._validates(node):
+            assert node.constraint is not None
+            values = []
+            generations = []
+            for i in range(node.n):
+                generation, parsed, attempts = await generate_validated(
+                    lambda r, on_text: self._send(r, node.name, on_text),
+                    self.backend.capabilities.streaming,
+                    _reseeded(request, i * node.validate_attempts),
+                    node.constraint,
+                    node.validate_attempts,
+                    lambda g: self._parse(node, g),
+                )
+                generations.append(generation)
+                values.append(parsed)
+            path = f"validated after {attempts.count} attempt{'s' * (attempts.count > 1)}"
+            self._append(generations[0].text, "gen", node.name)
+            value: Any = values if node.n > 1 else values[0]
+            generation = generations[0]
+        elif node.n > 1:
             generations = await asyncio.gather(
-                *(self.backend.generate(_reseeded(request, i)) for i in range(node.n))
+                *(self._send(_reseeded(request, i), node.name) for i in range(node.n))
             )
-            self.requests.extend(_row(node, g) for g in generations)
             values = [self._parse(node, g) for g in generations]
             self._append(generations[0].text, "gen", node.name)
-            value: Any = values
+            value = values
             generation = generations[0]
         else:
             streamed: list[str] = []
@@ -429,18 +525,23 @@ class Execution:
                 streamed.append(piece)
                 self._append(piece, "gen", node.name)
 
-            generation = await self.backend.generate(request, on_text if self.stream else None)
-            self.requests.append(_row(node, generation))
+            generation = await self._send(request, node.name, on_text if self.stream else None)
             value = self._parse(node, generation)
-            if node.tools:
-                value = await run_tool(node.tools, value)
             if streamed:
                 _check_stream(streamed, generation)
             else:
                 self._append(generation.text, "gen", node.name)
+        if node.tools and node.n == 1:
+            value = await run_tool(node.tools, value)
+        self._span.attributes.update(
+            {"variable": node.name, "constraint": _described(node), "constraint_path": path}
+        )
         if node.name is not None:
             self.variables[node.name] = value
-            self.meta[node.name] = _meta(generation, time.perf_counter() - started)
+            meta = _meta(generation, time.perf_counter() - started)
+            if node.constraint is not None:
+                meta.update(constraint=node.constraint.description, constraint_path=path)
+            self.meta[node.name] = meta
             self._attach_reasoning(node.name)
 
     async def _think(self, node: Think) -> None:
@@ -452,10 +553,7 @@ class Execution:
         merged = node.sampling.merged_over(self.defaults).__dict__
         stops = tuple(dict.fromkeys((closing, closing.strip())))
         sampling = SamplingParams(**{**merged, "max_new_tokens": node.budget, "stop": stops})
-        generation = await self.backend.generate(self._request(sampling))
-        row = CacheRow("gen", f"{node.name} (reasoning)", 1, generation.prompt_tokens,
-                       generation.cached_tokens)  # fmt: skip
-        self.requests.append(row)
+        generation = await self._send(self._request(sampling), f"{node.name} (reasoning)")
         reasoning = generation.text.rstrip() if closing[:1].isspace() else generation.text
         self._append(reasoning, "text")
         self._append(closing, "text")
@@ -491,8 +589,22 @@ class Execution:
         started = time.perf_counter()
         context = self._request(self.defaults)
         self._observe(node.describe(), context.prompt)
-        scored = await self.backend.score_choices(context, node.choices, node.method)
+        span = self.tracer.start(
+            "request", "score_choices", self._span,
+            backend=self.tracer.root.attributes["backend"], choices=len(node.choices),
+        )  # fmt: skip
+        try:
+            scored = await self.backend.score_choices(context, node.choices, node.method)
+        except BaseException as exc:
+            span.finish(exc)
+            raise
+        span.finish()
         self.requests.append(CacheRow("select", node.name, 1, None, None))
+        path = scored[0].path if scored else None
+        self._span.attributes.update(
+            {"variable": node.name, "constraint": f"one of {len(node.choices)} choices",
+             "constraint_path": path}
+        )  # fmt: skip
         index = node.method.decide(scored, node.temperature)
         choice = node.choices[index]
         self._append(choice, "gen", node.name)
@@ -503,6 +615,7 @@ class Execution:
             self.variables[node.name] = value
             self.meta[node.name] = {
                 **node.method.meta_info(scored),
+                "constraint_path": path,
                 "latency_s": time.perf_counter() - started,
             }
             self._attach_reasoning(node.name)
@@ -597,8 +710,10 @@ def _check_stream(pieces: list[str], generation: Generation) -> None:
         )
 
 
-def _row(node: Gen, generation: Generation) -> CacheRow:
-    return CacheRow("gen", node.name, 1, generation.prompt_tokens, generation.cached_tokens)
+def _described(node: Gen) -> str | None:
+    if node.tools:
+        return "a tool call"
+    return node.constraint.description if node.constraint else None
 
 
 def _meta(generation: Generation, latency: float) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class Gen(Node):
     return_logprob: bool = False
     top_logprobs_num: int = 0
     tools: tuple[ToolSpec, ...] = ()
+    validate_attempts: int = 0  # fallback="validate": attempts where the backend can't enforce
 
     def describe(self) -> str:
         return f"gen({self.name!r})" if self.name else "gen()"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import mimetypes
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lmprog.choices import ChoicesMethod, token_length_normalized
 from lmprog.constraints import Constraint, choices_constraint, make_constraint
@@ -30,6 +31,7 @@ from lmprog.ir import (
 from lmprog.tools import tool_specs, tools_constraint
 
 DEFAULT_THINK_BUDGET = 256  # tokens of reasoning when gen(think=True) sets no budget
+_NOT_FOR_GEN = ("think", "think_budget", "think_delimiters", "fallback", "max_attempts")
 
 
 def gen(
@@ -60,6 +62,8 @@ def gen(
     think: bool = False,
     think_budget: int | None = None,
     think_delimiters: tuple[str, str] | None = None,
+    fallback: Literal["validate"] | None = None,
+    max_attempts: int = 3,
 ) -> Node:
     """Generate text into variable `name`. Unset sampling values come from `run(...)`,
     then `@lp.function(...)`, then lmprog's defaults (128 new tokens).
@@ -68,8 +72,19 @@ def gen(
     between the model's own reasoning delimiters (`<think>`...`</think>` where its chat
     template has them, else `think_delimiters`, else "Reasoning:" ... "Answer:"); then the
     answer is generated under the constraint. `get_meta_info(name)["reasoning"]` keeps the
-    reasoning; it is never parsed as the answer."""
-    answer = _gen(**{k: v for k, v in locals().items() if not k.startswith("think")})  # the rest
+    reasoning; it is never parsed as the answer.
+
+    `fallback="validate"` lets a backend that cannot enforce the constraint generate freely,
+    validate, and retry up to `max_attempts` times (abandoning an attempt as soon as it goes
+    wrong); without it such a backend raises UnsupportedFeatureError. The path taken is
+    `get_meta_info(name)["constraint_path"]`."""
+    if fallback not in (None, "validate"):
+        raise ValueError(f'gen(fallback=...) must be "validate" or None, got {fallback!r}')
+    if max_attempts < 1:
+        raise ValueError(f"gen(max_attempts=...) must be at least 1, got {max_attempts}")
+    answer = _gen(**{k: v for k, v in locals().items() if k not in _NOT_FOR_GEN})
+    if fallback is not None and isinstance(answer, Gen) and answer.constraint is not None:
+        answer = replace(answer, validate_attempts=max_attempts)
     if not think and think_budget is None:
         return answer
     budget = think_budget if think_budget is not None else DEFAULT_THINK_BUDGET

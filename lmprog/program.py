@@ -20,7 +20,7 @@ from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Execution
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
 from lmprog.scheduling import BatchScheduler
-from lmprog.state import ProgramState
+from lmprog.state import Batch, ProgramState
 
 _default_backend: Backend | None = None
 
@@ -290,8 +290,8 @@ def _split_item(item: BatchItem) -> tuple[Sequence[Any], dict[str, Any]]:
     raise TypeError(f"a batch item must be a dict of kwargs or a tuple of args, got {item!r}")
 
 
-def _finish_batch(slots: list[ProgramState | None], return_exceptions: bool) -> list[ProgramState]:
-    states = [s for s in slots if s is not None]
+def _finish_batch(slots: list[ProgramState | None], return_exceptions: bool) -> Batch:
+    states = Batch(s for s in slots if s is not None)
     assert len(states) == len(slots), "every program of a finished batch has a state"
     errors = [s._execution.error for s in states if s._execution.error is not None]
     if errors and not return_exceptions:

@@ -13,11 +13,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from lmprog import loop
-from lmprog.cache_report import CacheReport, CacheRow
-from lmprog.errors import ProgramError
+from lmprog.cache_report import CacheReport
+from lmprog.display import batch_html, state_html
+from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Chunk, Execution
 from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
+from lmprog.partial import PartialJson
 from lmprog.prefix_lint import caller_origin
+from lmprog.trace import Span
 
 
 async def _call(fn: Callable[[], Any]) -> Any:
@@ -116,7 +119,14 @@ class ProgramState:
         """Prompt tokens this program sent, served from the engine's prefix cache, and
         computed, as the engine reported them (forks included; waits for the program to end)."""
         self._wait_done()
-        return CacheReport(tuple(_requests(self._execution)))
+        return CacheReport(tuple(self._execution.all_requests()))
+
+    def trace(self) -> list[Span]:
+        """This run's spans: the program, each primitive, each backend request (forks
+        included), with timings, token counts and cache hits (waits for the program to end).
+        `lp.trace_to(path)` writes every run's spans as JSON lines instead."""
+        self._wait_done()
+        return list(self._execution.tracer.spans)
 
     def error(self) -> ProgramError | None:
         """The error that stopped the program, if any (waits for the program to end)."""
@@ -154,6 +164,7 @@ class ProgramState:
                     stream=parent.stream,
                     fork_of=snapshot,
                     probe=parent.probe,
+                    tracer=parent.tracer,
                 )
                 parent.children.append(child)
                 branches.append(ProgramState(child))
@@ -213,7 +224,23 @@ class ProgramState:
             return True
         return var is not None and var in execution.variables and not execution.has_pending(var)
 
+    def partial_iter(self, name: str) -> PartialStream:
+        """Validated partial values of the JSON gen `name` (`json_schema=` or a JSON `type=`)
+        as its tokens arrive (run with stream=True; otherwise only the final value comes).
+        Iterate it with `for` or `async for`; the last item equals `state[name]`."""
+        return PartialStream(self._execution, name)
+
     # ----- display ----------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the state as HTML: roles, literal and generated text, values."""
+
+        def render() -> str:
+            execution = self._execution
+            report = CacheReport(tuple(execution.all_requests())) if execution.finished else None
+            return state_html(execution, report)
+
+        return str(_on_loop(render))
 
     def __repr__(self) -> str:
         execution = self._execution
@@ -221,12 +248,6 @@ class ProgramState:
         text = execution.text
         shown = text if len(text) <= 60 else text[:28] + " ... " + text[-27:]
         return f"<ProgramState {execution.program!r} {status}: {shown!r}>"
-
-
-def _requests(execution: Execution) -> Iterator[CacheRow]:
-    yield from execution.requests
-    for child in execution.children:
-        yield from _requests(child)
 
 
 async def _settled(task: asyncio.Future[Any]) -> None:
@@ -281,3 +302,74 @@ class ForkGroup:
             start = len(parent.text)
             for b in branches:
                 parent.submit(as_node(b.text[start:]))
+
+
+class PartialStream:
+    """`state.partial_iter(name)`: iterate with `for` (blocking) or `async for`."""
+
+    def __init__(self, execution: Execution, name: str) -> None:
+        self._execution = execution
+        self._name = name
+
+    def __iter__(self) -> Iterator[Any]:
+        return loop.iterate(self._values)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        values = self._values()
+        while True:
+            try:
+                yield await loop.await_on_loop(values.__anext__())
+            except StopAsyncIteration:
+                return
+
+    async def _values(self) -> AsyncIterator[Any]:
+        execution, name = self._execution, self._name
+        while name not in execution.constraints and not _over(execution):
+            await execution.changed()
+        constraint = execution.constraints.get(name)
+        if constraint is None or constraint.kind != "json_schema":
+            raise LmprogError(
+                f"partial_iter({name!r}) needs a gen named {name!r} with json_schema= or a "
+                "JSON type= (a pydantic model, list, dict); use text_iter for plain text"
+            )
+        reader = PartialJson(constraint)
+        text, last, index = "", None, 0
+        while True:
+            chunks = execution.chunks
+            grown = False
+            while index < len(chunks):
+                chunk = chunks[index]
+                index += 1
+                if chunk.kind == "gen" and chunk.names[:1] == (name,):
+                    text, grown = text + chunk.text, True
+            value = reader.value(text) if grown else None
+            if value is not None and value != last:
+                last = value
+                yield value
+            written = name in execution.variables and not execution.has_pending(name)
+            if written or _over(execution):
+                break
+            await execution.changed()
+        final = await execution.get(name)
+        if final != last:
+            yield final
+
+
+def _over(execution: Execution) -> bool:
+    return execution.error is not None or execution.finished
+
+
+class Batch(list[ProgramState]):
+    """What run_batch returns: the states in input order (a plain list), which also sum up
+    their cache report and show themselves as a table in notebooks."""
+
+    def cache_report(self) -> CacheReport:
+        """Every program's report (forks included) merged into one."""
+        return CacheReport.merge(state.cache_report() for state in self)
+
+    def errors(self) -> list[ProgramError]:
+        """The errors of the programs that failed, in input order."""
+        return [e for e in (state.error() for state in self) if e is not None]
+
+    def _repr_html_(self) -> str:
+        return str(_on_loop(lambda: batch_html(self)))

@@ -31,6 +31,7 @@ class Capabilities:
     streaming: bool = True
     logprobs: bool = False
     prefix_cache: bool = False
+    enforcement: str = "enforced by server"  # how its constraints hold (meta "constraint_path")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from lmprog.backends.http import JsonClient, Secret
 from lmprog.backends.llamacpp import constraint_fields
 from lmprog.backends.sglang import constraint_params
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
-from lmprog.constraints import Constraint, choices_constraint
+from lmprog.constraints import Constraint, choices_constraint, schema_constraint
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -389,26 +389,40 @@ class OpenAI(Backend):
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
         """Prompt logprobs where the server returns them (vLLM completions: exact scores);
-        elsewhere the server generates one of the choices under a constraint, and the pick
-        is reported as the only choice with a score."""
+        elsewhere the server generates one of the choices under a constraint, or, on chat
+        models with structured outputs but no choice constraint (the OpenAI API and most
+        hosted models), a JSON object whose one field is an enum of the choices. The pick is
+        reported as the only choice with a score, and the path taken in its `path`."""
         server = await self.server()
         if server == "vllm" and not self.is_chat_model:
             return await self._prompt_logprobs(context, choices, method)
         self.check_choices_method(method)
-        if "choices" not in self.capabilities.constraints:
+        enforced = self.capabilities.constraints
+        if "choices" in enforced:
+            constraint, path = choices_constraint(list(choices)), "enforced by server"
+        elif "json_schema" in enforced and self.is_chat_model:
+            constraint, path = schema_constraint(_choice_schema(choices)), "json enum"
+        else:
             raise UnsupportedFeatureError(
-                self.name, "constrain or score select() choices", "use a vLLM or llama.cpp server"
+                self.name,
+                "constrain or score select() choices",
+                "use a vLLM or llama.cpp server, or a chat model with structured outputs",
             )
+        room = max(len(c) for c in choices) + (24 if path == "json enum" else 8)
         request = GenerateRequest(
             prompt=context.prompt,
-            sampling=SamplingParams(max_new_tokens=max(len(c) for c in choices) + 8, temperature=0),
-            constraint=choices_constraint(list(choices)),
+            sampling=SamplingParams(max_new_tokens=room, temperature=0),
+            constraint=constraint,
             messages=context.messages,
             prefill=context.prefill,
             images=context.images,
         )
-        picked = (await self.generate(request)).text
-        return [ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,)) for c in choices]
+        text = (await self.generate(request)).text
+        picked = constraint.parse(text)["choice"] if path == "json enum" else text
+        return [
+            ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,), path=path)
+            for c in choices
+        ]
 
     async def _prompt_logprobs(
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
@@ -720,3 +734,13 @@ def _status_message(exc: openai.APIStatusError) -> str:
         if "message" in body:
             return str(body["message"])[:500]
     return str(exc.message)[:500]
+
+
+def _choice_schema(choices: tuple[str, ...]) -> dict[str, Any]:
+    """`{"choice": one of choices}`: structured outputs want an object at the top level."""
+    return {
+        "type": "object",
+        "properties": {"choice": {"type": "string", "enum": list(choices)}},
+        "required": ["choice"],
+        "additionalProperties": False,
+    }

@@ -58,6 +58,7 @@ class Local(Backend):
         streaming=True,
         logprobs=True,
         prefix_cache=True,
+        enforcement="token masks",
     )
 
     def __init__(
