@@ -747,6 +747,8 @@ def test_every_recipe_path_in_the_docs_exists(path: Path) -> None:
     if path.name == "deployment.md":
         assert mentioned, "the deployment page names no recipe"
     missing = sorted(m for m in mentioned if not (ROOT / m).exists())
+    links = re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", path.read_text())
+    missing += sorted(t for t in links if "://" not in t and not (path.parent / t).exists())
     assert missing == []
 
 
