@@ -27,6 +27,7 @@ from typing import Any, Literal
 import httpx
 import httpx2
 import openai
+import pydantic_core
 
 from lmprog.backends.base import (
     Backend,
@@ -408,7 +409,7 @@ class OpenAI(Backend):
                 "constrain or score select() choices",
                 "use a vLLM or llama.cpp server, or a chat model with structured outputs",
             )
-        room = max(len(c) for c in choices) + (24 if path == "json enum" else 8)
+        room = max(len(c) for c in choices) + (64 if path == "json enum" else 8)  # JSON: spaces
         request = GenerateRequest(
             prompt=context.prompt,
             sampling=SamplingParams(max_new_tokens=room, temperature=0),
@@ -418,7 +419,7 @@ class OpenAI(Backend):
             images=context.images,
         )
         text = (await self.generate(request)).text
-        picked = constraint.parse(text)["choice"] if path == "json enum" else text
+        picked = _enum_pick(text, choices) if path == "json enum" else text
         return [
             ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,), path=path)
             for c in choices
@@ -744,3 +745,15 @@ def _choice_schema(choices: tuple[str, ...]) -> dict[str, Any]:
         "required": ["choice"],
         "additionalProperties": False,
     }
+
+
+def _enum_pick(text: str, choices: tuple[str, ...]) -> str:
+    """The choice in `{"choice": ...}`, read as soon as its string is complete: small models
+    pad structured output with whitespace and may run out of tokens before the closing `}`."""
+    try:
+        picked = pydantic_core.from_json(text, allow_partial=True).get("choice")
+    except (ValueError, AttributeError):
+        picked = None
+    if picked not in choices:
+        raise BackendResponseError(f"the server's JSON enum answer names no choice: {text[:120]!r}")
+    return str(picked)
