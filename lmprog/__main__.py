@@ -1,0 +1,5 @@
+"""`python -m lmprog ...` is the `lmprog` command."""
+
+from lmprog.cli import main
+
+raise SystemExit(main())
