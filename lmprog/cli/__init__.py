@@ -44,20 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("program", help="FILE.py:NAME (or package.module:NAME) of an @lp.function")
     run.add_argument(
-        "--input", "-i", required=True, type=Path, help="JSONL file, one object per line"
-    )
-    run.add_argument("--output", "-o", required=True, type=Path, help="JSONL results file")
-    run.add_argument("--backend", "-b", default="local", help="backend spec (default: local)")
-    run.add_argument(
-        "--concurrency", "-c", type=int, help="programs in flight (default: the backend's hint)"
+        "--input", "-i", required=True, type=Path, metavar="FILE", help="JSONL, an object per line"
     )
     run.add_argument(
-        "--id-field", default="id", help="input field that names an input (default: id)"
+        "--output", "-o", required=True, type=Path, metavar="FILE", help="JSONL results"
     )
-    run.add_argument("--max-tokens", type=int, help="default max tokens of every gen")
-    run.add_argument("--temperature", type=float, help="default temperature of every gen")
-    run.add_argument("--budget-tokens", type=int, help="stop sending requests past this many")
-    run.add_argument("--budget-requests", type=int, help="stop sending requests past this many")
+    run.add_argument(
+        "--backend", "-b", default="local", metavar="SPEC", help="see below (default: local)"
+    )
+    run.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        metavar="N",
+        help="programs in flight (default: the backend's)",
+    )
+    run.add_argument(
+        "--id-field", default="id", metavar="NAME", help="the input field that keys an input (id)"
+    )
+    run.add_argument("--max-tokens", type=int, metavar="N", help="for gens that set none")
+    run.add_argument("--temperature", type=float, metavar="T", help="for gens that set none")
+    run.add_argument("--budget-tokens", type=int, metavar="N", help="this run's token budget")
+    run.add_argument("--budget-requests", type=int, metavar="N", help="its request budget")
     progress = run.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress", action="store_true", default=None, help="show the bar even without a TTY"

@@ -3,9 +3,9 @@
 Programs run on lmprog's loop thread, at most `--concurrency` at a time; the main thread takes
 each finished program from a queue, appends its result line to the output (fsynced), and moves
 the progress bar. Ctrl-C (or SIGTERM) cancels the programs in flight, writes those that had
-finished, compacts the output and exits 128+signal with the command that resumes. An input
-is skipped when the output already holds a successful result for its key; a failed one runs
-again.
+finished, compacts the output and exits 128+signal with the command that resumes. So does a
+backend that stops answering (exit 1), rather than failing every input left. An input is
+skipped when the output already holds a successful result for its key; a failed one runs again.
 
 Each output line: `key`, `line` (in the input), `variables`, `ret_value` (when the program
 returned something), `error` (null, or program/primitive/type/message), `stats` (gen requests,
@@ -58,6 +58,14 @@ class Finished:
     meter: Metered
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """Why a run stopped before its last input, and the exit code that says so."""
+
+    why: str
+    exit_code: int
+
+
 @dataclass
 class Totals:
     ok: int = 0
@@ -81,7 +89,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     retrying = sum(1 for item in todo if key_token(item.key) in previous.records)
     skipped = len(items) - len(todo)
     _say(
-        f"{len(items)} inputs: {skipped} already done (skipped), {retrying} failed before "
+        f"{_inputs(len(items))}: {skipped} already done (skipped), {retrying} failed before "
         f"(retrying), {len(todo) - retrying} new"
         + (
             f"; {previous.unreadable} unreadable output lines ignored"
@@ -111,7 +119,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     results.open()
     try:
-        signum = runner.run()
+        stopped = runner.run()
     finally:
         results.close()
         with contextlib.suppress(Exception):
@@ -121,17 +129,16 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     elapsed = time.perf_counter() - started
     if totals.failed:
         _say(
-            f"{totals.failed} inputs failed; first: {totals.first_error}\n"
+            f"{_inputs(totals.failed)} failed; first: {totals.first_error}\n"
             f"  their errors are in the `error` field of {args.output}; rerun the same command "
             "to retry them"
         )
-    if signum is not None:
+    if stopped is not None:
         saved = results.read()
         left = sum(1 for token in order if not saved.done(token))
         _say(
-            f"interrupted ({signal.Signals(signum).name}); every finished result is in "
-            f"{args.output}, {left} inputs still to run. Rerun the same command to resume:\n"
-            f"  lmprog {shlex.join(argv)}"
+            f"{stopped.why}; every finished result is in {args.output}, {_inputs(left)} still "
+            f"to run. Rerun the same command to resume:\n  lmprog {shlex.join(argv)}"
         )
     rate = totals.generated / elapsed if elapsed > 0 else 0.0
     _say(
@@ -139,8 +146,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         f"{elapsed:.1f} s; {totals.generated:,} tokens generated ({rate:,.1f} tok/s); "
         f"{totals.report}"
     )
-    if signum is not None:
-        return 128 + signum
+    if stopped is not None:
+        return stopped.exit_code
     return 1 if totals.failed else 0
 
 
@@ -166,7 +173,7 @@ class Runner:
         self.run_id = uuid.uuid4().hex[:8]
         self.totals = Totals()
         self._finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
-        self._stopped = threading.Event()
+        self._drive_done = threading.Event()
         self._parameters = inspect.signature(program.func).parameters
         self._bar = tqdm(
             total=len(items),
@@ -177,22 +184,22 @@ class Runner:
             dynamic_ncols=True,
         )
         self._started = time.perf_counter()
-        self.signum: int | None = None
+        self.stopped: Stopped | None = None
 
-    def run(self) -> int | None:
-        """Run every input; returns the signal number if interrupted, else None."""
+    def run(self) -> Stopped | None:
+        """Run every input; returns why it stopped early, if it did."""
         handlers = {n: signal.signal(n, self._on_signal) for n in (signal.SIGINT, signal.SIGTERM)}
         future = loop.submit(self._drive())
         try:
-            while not future.done() and self.signum is None:
+            while not future.done() and self.stopped is None:
                 self._write(self._take(timeout=0.1))
-            if self.signum is not None:
+            if self.stopped is not None:
                 future.cancel()
-                self._stopped.wait(CANCEL_WAIT_S)
+                self._drive_done.wait(CANCEL_WAIT_S)
             self._write(self._take())
-            if self.signum is None:
+            if self.stopped is None:
                 future.result()  # a failure of the driver itself (never a program's)
-            return self.signum
+            return self.stopped
         finally:
             for number, handler in handlers.items():
                 signal.signal(number, handler)
@@ -201,9 +208,9 @@ class Runner:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """The first Ctrl-C or SIGTERM stops the run between two writes (so no line is cut);
         a second one stops waiting for the programs in flight."""
-        if self.signum is not None:
+        if self.stopped is not None:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.stopped = Stopped(f"interrupted ({signal.Signals(signum).name})", 128 + signum)
 
     def _take(self, timeout: float | None = None) -> list[Finished]:
         """The programs finished so far (waiting up to `timeout` for a first one)."""
@@ -230,8 +237,11 @@ class Runner:
                 totals.ok += 1
             else:
                 totals.failed += 1
+                error = record["error"]
                 if totals.first_error is None:
-                    totals.first_error = f"line {record['line']}: {record['error']['message']}"
+                    totals.first_error = f"line {record['line']}: {error['message']}"
+                if error["type"] == "BackendUnavailableError" and self.stopped is None:
+                    self.stopped = Stopped(f"stopped: {self.backend.name} stopped answering", 1)
         elapsed = time.perf_counter() - self._started
         self._bar.set_postfix_str(
             f"failed={totals.failed}, {totals.generated / max(elapsed, 1e-9):,.0f} tok/s",
@@ -298,10 +308,14 @@ class Runner:
         try:
             await asyncio.gather(*(one(item) for item in self.items))
         finally:
-            self._stopped.set()
+            self._drive_done.set()
 
     def _is_sampling(self, name: str) -> bool:
         return name in SAMPLING_NAMES and name not in self._parameters
+
+
+def _inputs(count: int) -> str:
+    return f"{count:,} input" + ("" if count == 1 else "s")
 
 
 def _say(message: str) -> None:

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.models import tiny_model_dir
+from support.fake_openai import FakeOpenAI
+from support.fake_sglang import FakeSGLang
+from support.models import tiny_model_dir, tiny_model_gguf
 
 import lmprog as lp
 from lmprog.cli import main
+from lmprog.cli.inputs import key_token
+from lmprog.cli.results import ResultsFile
 
 pytestmark = pytest.mark.engine
 
@@ -41,7 +45,7 @@ async def echo(s, n, fail=False):
     await asyncio.sleep(float(os.environ.get("DELAY", "0")))
     if fail and os.environ.get("FAIL") == "1":
         raise ValueError(f"input {n} was asked to fail")
-    s += f"Item {n}:" + lp.gen("x", max_tokens=3)
+    s += f"Item {n}:" + lp.gen("x")  # max tokens: --max-tokens
     s["info"] = Info(n=n, even=n % 2 == 0)
     return n * 2
 
@@ -77,6 +81,8 @@ def lmprog_run(workdir: Path, backend: str, *extra: str) -> list[str]:
         str(workdir / "in.jsonl"),
         "--output",
         str(workdir / "out.jsonl"),
+        "--max-tokens",
+        "3",
         *extra,
     ]
 
@@ -147,6 +153,39 @@ def test_an_interrupted_run_resumes_without_recomputing(
     assert last["stats"]["requests"] == 1 and last["stats"]["completion_tokens"] == 3
 
 
+def test_a_server_that_dies_stops_the_run_and_a_rerun_resumes(workdir: Path) -> None:
+    write_inputs(workdir / "in.jsonl", 40)
+    # One thread: on a busy 2-core machine llama.cpp's spinning thread pool stalls (ENGINES.md).
+    server = lp.Runtime("llama.cpp", tiny_model_gguf(), slots=2, ctx_per_slot=512, threads=1)
+    command = lmprog_run(workdir, f"llamacpp:{server.url}", "--concurrency", "2")
+    output = workdir / "out.jsonl"
+    try:
+        first = subprocess.Popen(
+            command, env=env_with(workdir / "m1", DELAY="0.25"), stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while len(read_output(output) if output.exists() else []) < 3:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 1, stderr
+    assert "stopped answering" in stderr and "Rerun the same command to resume" in stderr
+    kept = {r["key"] for r in read_output(output) if r["error"] is None}
+    assert 3 <= len(kept) < 40
+    assert len(read_output(output)) < len(kept) + 4, "the inputs left did not all fail"
+
+    with lp.Runtime(
+        "llama.cpp", tiny_model_gguf(), slots=2, ctx_per_slot=512, threads=1, port=server.port
+    ):
+        second = subprocess.run(command, env=env_with(workdir / "m2"), capture_output=True)
+    assert second.returncode == 0, second.stderr
+    records = read_output(output)
+    assert sorted(r["key"] for r in records) == sorted(f"item-{n}" for n in range(40))
+    assert not {f"item-{n}" for n in marked(workdir / "m2")} & kept
+
+
 def test_failed_inputs_are_retried_on_rerun(workdir: Path, tiny_server: lp.Runtime) -> None:
     write_inputs(workdir / "in.jsonl", 12, fail_every=5)  # inputs 3 and 8 fail
     command = lmprog_run(workdir, f"llamacpp:{tiny_server.url}")
@@ -177,7 +216,7 @@ def test_failed_inputs_are_retried_on_rerun(workdir: Path, tiny_server: lp.Runti
 def test_local_backend_and_the_final_line(workdir: Path) -> None:
     write_inputs(workdir / "in.jsonl", 4)
     done = subprocess.run(
-        lmprog_run(workdir, f"local:{tiny_model_dir()}", "--max-tokens", "2"),
+        lmprog_run(workdir, f"local:{tiny_model_dir()}", "--max-tokens", "2"),  # the last wins
         env=env_with(workdir / "marks"),
         capture_output=True,
         text=True,
@@ -186,7 +225,7 @@ def test_local_backend_and_the_final_line(workdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     final = done.stderr.strip().splitlines()[-1]
     assert final.startswith("lmprog: 4 done, 0 failed, 0 skipped"), final
-    assert "12 tokens generated" in final and "prefix cache: 4 requests" in final, final
+    assert "8 tokens generated" in final and "prefix cache: 4 requests" in final, final
     records = read_output(workdir / "out.jsonl")
     assert [r["variables"]["info"] for r in records] == [
         {"n": n, "even": n % 2 == 0} for n in range(4)
@@ -223,9 +262,10 @@ def test_the_commands_in_the_docs_run(
         assert all(r["key"].startswith("sha256:") for r in records)
 
 
-@pytest.mark.parametrize("form", ["openai", "bare url"])
-def test_other_backend_specs(workdir: Path, tiny_server: lp.Runtime, form: str) -> None:
-    spec = f"openai:tiny@{tiny_server.url}/v1" if form == "openai" else tiny_server.url
+@pytest.mark.parametrize("form", ["openai", "bare url", "vllm"])
+def test_other_backend_specs(workdir: Path, request: pytest.FixtureRequest, form: str) -> None:
+    url = request.getfixturevalue("vllm_server" if form == "vllm" else "tiny_server").url
+    spec = {"openai": f"openai:tiny@{url}/v1", "bare url": url, "vllm": f"vllm:{url}"}[form]
     write_inputs(workdir / "in.jsonl", 3)
     done = subprocess.run(
         lmprog_run(workdir, spec), env=env_with(workdir / "marks"), capture_output=True, text=True
@@ -245,6 +285,31 @@ def test_serve_info_on_llama_server(
     assert "parallel slots: 4" in out
     assert "chat template:  yes" in out
     assert f"use:            --backend llamacpp:{tiny_server.url}" in out
+
+
+def test_serve_info_on_vllm(vllm_server: lp.Runtime, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve-info", vllm_server.url]) == 0
+    out = capsys.readouterr().out
+    assert "server:         vLLM 0." in out
+    assert "model:          tiny\n" in out
+    assert "context length: 2,048 tokens" in out
+    assert "chat template:  yes" in out  # read from the model folder, readable here
+    assert f"use:            --backend vllm:{vllm_server.url}" in out
+
+
+def test_serve_info_on_sglang_and_generic_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    """SGLang cannot run on this machine: its documented endpoints, served by a stand-in."""
+    with FakeSGLang() as sglang:
+        assert main(["serve-info", sglang.url]) == 0
+        out = capsys.readouterr().out
+    assert "server:         SGLang" in out and "model:          /nonexistent" in out
+    assert f"use:            --backend sglang:{sglang.url}" in out
+    assert "chat template:  unknown" in out and "not readable here" in out
+    with FakeOpenAI() as generic:
+        assert main(["serve-info", generic.url]) == 0
+        out = capsys.readouterr().out
+    assert "server:         OpenAI-compatible" in out
+    assert f"use:            --backend openai:fake@{generic.url}" in out
 
 
 def test_backends_lists_what_is_reachable(
@@ -302,3 +367,51 @@ def test_bad_input_names_the_cause(
     assert main(["serve-info", "http://127.0.0.1:9"]) == 2
     assert "cannot reach http://127.0.0.1:9: Connection refused" in capsys.readouterr().err
     assert not (workdir / "out.jsonl").exists()
+
+
+def test_a_budget_stops_the_run_and_a_rerun_finishes_it(
+    workdir: Path, tiny_server: lp.Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_inputs(workdir / "in.jsonl", 8)
+    monkeypatch.setenv("MARKS", str(workdir / "marks"))
+    command = lmprog_run(workdir, f"llamacpp:{tiny_server.url}", "--concurrency", "1")[3:]
+    assert main([*command, "--budget-requests", "5"]) == 1
+    records = read_output(workdir / "out.jsonl")
+    assert [r["error"] is None for r in records] == [True] * 5 + [False] * 3
+    assert {r["error"]["type"] for r in records[5:]} == {"BudgetExceededError"}
+    assert main(command) == 0
+    assert all(r["error"] is None for r in read_output(workdir / "out.jsonl"))
+    assert sorted(marked(workdir / "marks")) == sorted([*range(8), 5, 6, 7])
+
+
+def test_the_results_file_keeps_every_finished_result(tmp_path: Path) -> None:
+    """Duplicates from retries and a line cut short by a crash, as a killed run leaves them."""
+    path = tmp_path / "out.jsonl"
+    ok = {"error": None, "variables": {}}
+    failed = {"error": {"message": "boom"}, "variables": {}}
+    lines = [
+        {"key": "a", **ok},
+        {"key": "b", **failed},
+        {"key": "gone", **ok},  # its input was removed since: kept, after the inputs
+        {"key": "b", **ok},
+        {"key": "c", **failed},
+        {"key": "a", **failed},  # a later failure never replaces a success
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"key": "d", "err')
+    results = ResultsFile(path)
+    previous = results.read()
+    assert previous.unreadable == 1
+    assert [previous.done(key_token(k)) for k in "abcd"] == [True, True, False, False]
+    results.open()
+    results.append([{"key": "d", **ok}])
+    results.close()
+    results.compact([key_token(k) for k in "dcba"])
+    assert [(r["key"], r["error"] is None) for r in read_output(path)] == [
+        ("d", True),
+        ("c", False),
+        ("b", True),
+        ("a", True),
+        ("gone", True),
+    ]
+    assert len(path.read_text().splitlines()) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left
