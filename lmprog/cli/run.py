@@ -87,15 +87,11 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     previous = results.read()
     todo = [item for item in items if not previous.done(key_token(item.key))]
     retrying = sum(1 for item in todo if key_token(item.key) in previous.records)
-    skipped = len(items) - len(todo)
+    unreadable = previous.unreadable
     _say(
-        f"{_inputs(len(items))}: {skipped} already done (skipped), {retrying} failed before "
-        f"(retrying), {len(todo) - retrying} new"
-        + (
-            f"; {previous.unreadable} unreadable output lines ignored"
-            if previous.unreadable
-            else ""
-        )
+        f"{_inputs(len(items))}: {len(items) - len(todo)} already done (skipped), {retrying} "
+        f"failed before (retrying), {len(todo) - retrying} new"
+        + (f"; {unreadable} unreadable output lines ignored" if unreadable else "")
     )
     order = [key_token(item.key) for item in items]
     if not todo:
@@ -108,15 +104,20 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     if args.budget_tokens is not None or args.budget_requests is not None:
         budget = Budget(max_tokens=args.budget_tokens, max_requests=args.budget_requests)
         shared = BudgetedBackend(backend, BudgetMeter(budget))
-    concurrency = args.concurrency or loop.wait(backend.concurrency_hint())
     sampling = {
         name: value
         for name, value in (("max_new_tokens", args.max_tokens), ("temperature", args.temperature))
         if value is not None
     }
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    runner = Runner(program, todo, shared, concurrency, sampling, results, show)
-    started = time.perf_counter()
+    runner = Runner(
+        program,
+        todo,
+        shared,
+        args.concurrency or loop.wait(backend.concurrency_hint()),
+        sampling,
+        results,
+        show_progress=args.progress if args.progress is not None else sys.stderr.isatty(),
+    )
     results.open()
     try:
         stopped = runner.run()
@@ -125,30 +126,49 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         with contextlib.suppress(Exception):
             loop.wait(backend.aclose())
     results.compact(order)
+    _report(
+        runner,
+        stopped,
+        results,
+        order,
+        len(items) - len(todo),
+        f"lmprog {shlex.join(argv)}",
+    )
+    if stopped is not None:
+        return stopped.exit_code
+    return 1 if runner.totals.failed else 0
+
+
+def _report(
+    runner: Runner,
+    stopped: Stopped | None,
+    results: ResultsFile,
+    order: list[str],
+    skipped: int,
+    command: str,
+) -> None:
+    """The lines on stderr after a run: failures, how to resume, then the totals."""
     totals = runner.totals
-    elapsed = time.perf_counter() - started
     if totals.failed:
         _say(
             f"{_inputs(totals.failed)} failed; first: {totals.first_error}\n"
-            f"  their errors are in the `error` field of {args.output}; rerun the same command "
+            f"  their errors are in the `error` field of {results.path}; rerun the same command "
             "to retry them"
         )
     if stopped is not None:
         saved = results.read()
         left = sum(1 for token in order if not saved.done(token))
         _say(
-            f"{stopped.why}; every finished result is in {args.output}, {_inputs(left)} still "
-            f"to run. Rerun the same command to resume:\n  lmprog {shlex.join(argv)}"
+            f"{stopped.why}; every finished result is in {results.path}, {_inputs(left)} still "
+            f"to run. Rerun the same command to resume:\n  {command}"
         )
+    elapsed = time.perf_counter() - runner.started
     rate = totals.generated / elapsed if elapsed > 0 else 0.0
     _say(
         f"{totals.ok} done, {totals.failed} failed, {skipped} skipped (done before) in "
         f"{elapsed:.1f} s; {totals.generated:,} tokens generated ({rate:,.1f} tok/s); "
         f"{totals.report}"
     )
-    if stopped is not None:
-        return stopped.exit_code
-    return 1 if totals.failed else 0
 
 
 class Runner:
@@ -183,7 +203,7 @@ class Runner:
             disable=not show_progress,
             dynamic_ncols=True,
         )
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()
         self.stopped: Stopped | None = None
 
     def run(self) -> Stopped | None:
@@ -242,7 +262,7 @@ class Runner:
                     totals.first_error = f"line {record['line']}: {error['message']}"
                 if error["type"] == "BackendUnavailableError" and self.stopped is None:
                     self.stopped = Stopped(f"stopped: {self.backend.name} stopped answering", 1)
-        elapsed = time.perf_counter() - self._started
+        elapsed = time.perf_counter() - self.started
         self._bar.set_postfix_str(
             f"failed={totals.failed}, {totals.generated / max(elapsed, 1e-9):,.0f} tok/s",
             refresh=False,
