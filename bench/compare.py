@@ -23,6 +23,7 @@ import datetime
 import os
 import platform
 import secrets
+import signal
 import sys
 import time
 import warnings
@@ -80,7 +81,7 @@ def measure(
         if why is None:
             runnable.append((tool, rows[-1]))
     for tool, _ in runnable:  # warm-up: connections, templates, constraint compilation
-        run_once(tool, target, workload, min(2, programs))
+        run_once(tool, target, workload, 1)
     for _ in range(repeat):
         for tool, row in runnable:
             row.samples.append(run_once(tool, target, workload, programs))
@@ -151,8 +152,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (3)")
     parser.add_argument("--programs", type=int, default=None, help="programs per run")
     parser.add_argument("--quick", action="store_true", help="few programs, one run")
+    parser.add_argument("--llama-threads", type=int, default=1, help="llama-server threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so every started engine is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     repeat = args.repeat or (1 if args.quick else 3)
     workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
     # Every run's prompts start with a tag of their own on purpose (nothing cached by an earlier
@@ -177,7 +181,7 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.targets.split(","):
         print(f"[{name}] starting", flush=True)
-        target = TARGETS[name]()
+        target = TARGETS[name](**({"threads": args.llama_threads} if name == "llama" else {}))
         try:
             programs = args.programs or (
                 max(2, target.programs // 4) if args.quick else target.programs

@@ -83,7 +83,9 @@ def zero() -> Target:
     )
 
 
-def llama() -> Target:
+def llama(threads: int = 1) -> Target:
+    """One thread by default: on a 2-core machine that anything else also uses, two threads
+    slow down ~10x (ENGINES.md); one thread slows down in proportion."""
     from lmprog.models import gemma3_270m_gguf
 
     runtime = lp.Runtime(
@@ -93,6 +95,7 @@ def llama() -> Target:
         ctx_per_slot=2048,
         chat_template="gemma3",
         metrics=True,
+        threads=threads,
     )
     counters = {
         "prompt": "llamacpp:prompt_tokens_total",
@@ -100,7 +103,7 @@ def llama() -> Target:
     }
     return Target(
         "llama",
-        "llama-server, Gemma 3 270M Q4_K_M, 4 slots",
+        f"llama-server, Gemma 3 270M Q4_K_M, 4 slots, {threads} thread(s)",
         runtime.url,
         runtime.url + "/v1",
         "gemma",
