@@ -61,7 +61,9 @@ def run_once(tool: Tool, target: Target, workload: Workload, programs: int) -> S
             "gen_requests": outcome.cache.requests,
         }
         if target.openai_url is None:  # lp.Local: lmprog's report is the engine's own count
-            sent, cached = outcome.cache.prompt_tokens, outcome.cache.cached_tokens
+            requests = outcome.cache.requests + outcome.cache.uncounted_selects
+            if not outcome.cache.uncounted_selects:  # a select's tokens are not counted
+                sent, cached = outcome.cache.prompt_tokens, outcome.cache.cached_tokens
     return Sample(wall, outcome.programs, requests, sent, cached, outcome.errors, own)
 
 
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (3)")
     parser.add_argument("--programs", type=int, default=None, help="programs per run")
     parser.add_argument("--quick", action="store_true", help="few programs, one run")
-    parser.add_argument("--llama-threads", type=int, default=1, help="llama-server threads")
+    parser.add_argument("--threads", type=int, default=1, help="llama-server's and lp.Local's")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     # SIGTERM (timeout, kill) unwinds like Ctrl-C, so every started engine is stopped.
@@ -181,7 +183,8 @@ def main() -> None:
     rows: list[Row] = []
     for name in args.targets.split(","):
         print(f"[{name}] starting", flush=True)
-        target = TARGETS[name](**({"threads": args.llama_threads} if name == "llama" else {}))
+        engine_threads = {"threads": args.threads} if name in ("llama", "local") else {}
+        target = TARGETS[name](**engine_threads)
         try:
             programs = args.programs or (
                 max(2, target.programs // 4) if args.quick else target.programs

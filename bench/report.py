@@ -68,8 +68,14 @@ def table(rows: list[Row]) -> str:
         "sent | computed | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    reasons: dict[str, set[str | None]] = {}
+    for row in rows:
+        reasons.setdefault(row.tool, set()).add(row.why_not)
+    never = {tool: why.pop() for tool, why in reasons.items() if len(why) == 1 and None not in why}
     for row in rows:
         best = row.median
+        if row.tool in never:
+            continue
         if best is None:
             lines.append(f"| {row.workload} | {row.tool} | n/a ({row.why_not}) | | | | | | |")
             continue
@@ -84,6 +90,7 @@ def table(rows: list[Row]) -> str:
             f"{best.requests:,} | {_tokens(best.prompt_sent)} | {_tokens(computed)} | "
             f"{len(best.errors)} |"
         )
+    lines += [f"| all | {tool} | n/a ({why}) | | | | | | |" for tool, why in never.items()]
     return "\n".join(lines)
 
 

@@ -156,7 +156,7 @@ class SGLangFrontend:
         if target.openai_url is None:
             return "no server: lp.Local runs in lmprog's process"
         if self.native and not target.sglang_native:
-            return f"{target.engine} has no SGLang /generate API for RuntimeEndpoint"
+            return f"the {target.name} target has no SGLang /generate API for RuntimeEndpoint"
         if self.native:
             return None
         if workload.name == "select":
