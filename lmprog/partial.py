@@ -41,8 +41,9 @@ class PartialJson:
         )
 
     def value(self, text: str) -> Any:
-        """The value written so far (with an unfinished trailing string as far as it goes), or
-        None when nothing valid can be shown yet."""
+        """The value written so far (with an unfinished trailing string as far as it goes, but
+        a number only once it is finished), or None when nothing valid can be shown yet."""
+        text = _without_number_in_progress(text)
         for mode in ("trailing-strings", "on"):
             data = _parse(text, mode)
             if data is _UNFINISHED:
@@ -57,9 +58,7 @@ class PartialJson:
         """False once `text` can no longer be the start of a valid value: a JSON syntax error,
         or a finished value that breaks the schema. Unfinished values are given the benefit
         of the doubt."""
-        trimmed = text.rstrip()
-        if trimmed[-1:].isdigit() or trimmed[-1:] in ("-", ".", "e", "E", "+"):
-            trimmed = _NUMBER_IN_PROGRESS.sub("", trimmed)
+        trimmed = _without_number_in_progress(text)
         if not trimmed.strip():
             return True
         try:
@@ -77,6 +76,14 @@ class PartialJson:
     def _validated(self, data: Any) -> Any:
         jsonschema.validate(data, self._schema)
         return data if self._adapter is None else self._adapter.validate_python(data)
+
+
+def _without_number_in_progress(text: str) -> str:
+    """`text` without a trailing number that more digits could still change (`"age": 3` may
+    become 36; `36,` is finished)."""
+    if text[-1:].isdigit() or text[-1:] in ("-", ".", "e", "E", "+"):
+        return _NUMBER_IN_PROGRESS.sub("", text)
+    return text
 
 
 def _parse(text: str, mode: typing.Literal["on", "trailing-strings"]) -> Any:

@@ -409,7 +409,8 @@ class OpenAI(Backend):
                 "constrain or score select() choices",
                 "use a vLLM or llama.cpp server, or a chat model with structured outputs",
             )
-        room = max(len(c) for c in choices) + (64 if path == "json enum" else 8)  # JSON: spaces
+        # JSON grammars allow whitespace between tokens, and small models fill it
+        room = max(len(c) for c in choices) + (160 if path == "json enum" else 8)
         request = GenerateRequest(
             prompt=context.prompt,
             sampling=SamplingParams(max_new_tokens=room, temperature=0),

@@ -175,3 +175,34 @@ def test_batch_pipeline(tmp_path: Path) -> None:
     assert [r["sentiment"] for r in records] == ["positive", "negative"] * 6
     assert [r["stars"] >= 4 for r in records] == [True, False] * 6
     assert f"analysed 12/12 reviews -> {output}" in out
+
+
+def test_partial_stream() -> None:
+    out = run_example("partial_stream.py")
+    partials = re.findall(r"^  PartialRecipe\((.*)\)$", out, re.M)
+    assert len(partials) >= 5, out
+    assert "dish='tomato soup'" in partials[-1]
+    assert re.search(r"^final: Recipe\(dish='tomato soup', minutes=\d+, ingredients=\[", out, re.M)
+    assert re.search(r"^async: \d+ partial values, the last one: Recipe\(", out, re.M)
+
+
+def test_validate_fallback() -> None:
+    out = run_example("validate_fallback.py")
+    assert "[chat API, no fallback] error:" in out and "UnsupportedFeatureError" in out
+    validated = r"^\[chat API, validate\] review = '[A-Z].*'  \(validated after \d attempts?\)$"
+    assert re.search(validated, out, re.M), out
+    assert re.search(r"^\[chat API, validate\] positive = '(yes|no)'  \(json enum\)$", out, re.M)
+    assert re.search(r"^\[lp.Local\] review = .*\(token masks\)$", out, re.M)
+    assert re.search(r"^\[lp.Local\] positive = .*\(logprob scoring\)$", out, re.M)
+
+
+def test_tracing() -> None:
+    out = run_example("tracing.py")
+    rows = re.findall(r"^(\S+)\s+(program|primitive|request)\s+[\d.]+\s+(\S+)$", out, re.M)
+    assert [kind for _, kind, _ in rows] == ["program", *["primitive", "request"] * 2]
+    prompt, _, out_tokens = rows[2][2].split("/")
+    assert int(prompt) > 20 and int(out_tokens) >= 1
+    assert "runs.jsonl: 15 spans {'program': 3, 'primitive': 6, 'request': 6}" in out
+    generated = re.search(r"^generated: \[(.*)\]$", out, re.M)
+    assert generated is not None  # programs are written as they finish, in any order
+    assert sorted(generated.group(1).split(", ")) == ["'Cairo'", "'Madrid'", "'Tokyo'"]
