@@ -22,7 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
+from lmprog.backends.base import (
+    Backend,
+    Capabilities,
+    GenerateRequest,
+    Generation,
+    TextCallback,
+)
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
 from lmprog.templates import ChatTemplate
@@ -115,8 +121,12 @@ class BudgetedBackend(Backend):
         self.inner = backend
         self.meter = meter
         self.name = backend.name
-        self.capabilities = backend.capabilities
         self.image_marker = backend.image_marker
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The inner backend's, read each time (lp.OpenAI learns its server's on first use)."""
+        return self.inner.capabilities
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None

@@ -96,6 +96,11 @@ class ProgramState:
     def set_var(self, name: str, value: Any) -> None:
         self[name] = value
 
+    def variables(self) -> dict[str, Any]:
+        """Every named value the program produced (waits for the program to end)."""
+        self._wait_done()
+        return dict(self._execution.variables)
+
     def get_meta_info(self, name: str) -> dict[str, Any]:
         """Token counts, finish reason, latency, cache hits and (if asked) logprobs of a value."""
         self[name]

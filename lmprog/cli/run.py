@@ -277,7 +277,7 @@ class Runner:
         record: dict[str, Any] = {
             "key": finished.item.key,
             "line": finished.item.line,
-            "variables": dict(state._execution.variables),
+            "variables": state.variables(),
         }
         if state.ret_value is not None:
             record["ret_value"] = state.ret_value
