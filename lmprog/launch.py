@@ -3,7 +3,9 @@
 Engines: llama.cpp's `llama-server` (built by backends/llamacpp/build.sh) and vLLM (installed
 in its own environment by backends/vllm/install.sh). The process runs in its own process
 group on a free 127.0.0.1 port; it is stopped on `shutdown()`, on leaving a `with` block, and
-at interpreter exit (SIGTERM, then SIGKILL), so none is orphaned.
+at interpreter exit (SIGTERM, then SIGKILL); and when this process dies without any of those
+(SIGKILL, an unhandled SIGTERM), engine_guard.py, between the two, stops it within a second or
+two. None is orphaned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,9 +30,12 @@ import httpx
 from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM
+from lmprog.backends.sglang import SGLang
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import BackendUnavailableError, LmprogError
 from lmprog.templates import ChatTemplate
+
+GUARD = Path(__file__).with_name("engine_guard.py")  # stops the engine if this process dies
 
 
 def cache_dir() -> Path:
@@ -161,7 +167,37 @@ def _vllm(
     return _Launch(command, env, VLLM(url, model=name, chat_template=chat_template))
 
 
-_ENGINES = {"llama.cpp": _llama_cpp, "vllm": _vllm}
+def _sglang(
+    model: Path,
+    url: str,
+    port: int,
+    slots: int,
+    ctx_per_slot: int,
+    chat_template: str | ChatTemplate | None,
+    engine_args: dict[str, Any],
+) -> _Launch:
+    """SGLang's server (it needs a GPU): a model folder, or a hub id the server downloads."""
+    command = [
+        os.environ.get("LMPROG_SGLANG_PYTHON") or sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-running-requests",
+        str(slots),
+        "--context-length",
+        str(ctx_per_slot),
+        *_flags(engine_args),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return _Launch(command, env, SGLang(url, chat_template=chat_template))
+
+
+_ENGINES = {"llama.cpp": _llama_cpp, "vllm": _vllm, "sglang": _sglang}
 
 
 def vllm_python() -> Path:
@@ -181,8 +217,10 @@ def vllm_python() -> Path:
 
 class Runtime(Backend):
     """Launch `engine` serving `model` and talk to it: "llama.cpp" (a GGUF file, through
-    lp.LlamaCpp) or "vllm" (a model folder, through lp.VLLM; CPU flags such as `o0=True`
-    or `enforce_eager=True` speed its start-up).
+    lp.LlamaCpp), "vllm" (a model folder, through lp.VLLM; CPU flags such as `o0=True`
+    or `enforce_eager=True` speed its start-up) or "sglang" (a model folder or hub id,
+    through lp.SGLang; needs a GPU and the `sglang` package in this interpreter or in
+    $LMPROG_SGLANG_PYTHON).
 
     `slots` parallel sequences of `ctx_per_slot` tokens each; any other keyword becomes a
     command-line flag (`threads=2` -> `--threads 2`). `chat_template` is passed to the backend
@@ -223,7 +261,7 @@ class Runtime(Backend):
         )
         self._log: IO[bytes] = self.log_path.open("wb")
         self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            launch.command,
+            [sys.executable, str(GUARD), str(os.getpid()), *launch.command],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=launch.env,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from support.models import tiny_model_dir, tiny_model_gguf
@@ -74,3 +79,42 @@ def test_vllm_runtime_leaves_no_process() -> None:
         state = hello.run(backend=backend)
         assert state.error() is None and len(state["body"]) > 0
     assert not alive(pid)
+
+
+def test_a_killed_parent_leaves_no_engine_behind(tmp_path: Path) -> None:
+    """SIGKILL (no atexit, no finally) and SIGTERM (Python's default: no atexit either) of
+    the process that started lp.Runtime: the engine still stops."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "import lmprog as lp\n"
+        f"runtime = lp.Runtime('llama.cpp', {str(tiny_model_gguf())!r}, slots=1)\n"
+        "print(runtime._process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    for how in (signal.SIGKILL, signal.SIGTERM):
+        parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        assert parent.stdout is not None
+        guard = int(parent.stdout.readline())
+        engines = _children(guard)
+        assert engines and all(alive(pid) for pid in engines)
+        parent.send_signal(how)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in [guard, *engines]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in [guard, *engines]), how
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from pathlib import Path
 
 import pydantic
 import pytest
+from support import fake_sglang
 from support.fake_sglang import ANSWER, FakeSGLang, char_logprob
 from support.models import tiny_model_dir
 
@@ -141,3 +144,38 @@ def test_real_sglang_server() -> None:
     assert state.error() is None, state.error()
     assert re.fullmatch(r"[A-Z]{3}-\d{2}", state["code"])
     assert state["yn"] in (" yes", " no")
+
+
+def test_runtime_launches_sglang_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lp.Runtime("sglang") runs `python -m sglang.launch_server --model-path M --port P ...`
+    (here a stand-in interpreter serving SGLang's documented contract on P), waits for
+    /health, talks to it as lp.SGLang, and stops it."""
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path / "argv"}\nshift 2\n'
+        f'exec {sys.executable} {Path(fake_sglang.__file__)} "$@"\n'
+    )
+    fake_python.chmod(0o755)
+    monkeypatch.setenv("LMPROG_SGLANG_PYTHON", str(fake_python))
+
+    @lp.function
+    def prog(s):
+        s += "Q:" + lp.gen("a", max_tokens=8)
+
+    with lp.Runtime("sglang", tiny_model_dir(), slots=3, ctx_per_slot=2048,
+                    mem_fraction_static=0.8) as runtime:  # fmt: skip
+        assert isinstance(runtime.backend, lp.SGLang)
+        pids = [runtime._process.pid]
+        state = prog.run(backend=runtime)
+        assert state.error() is None, state.error()
+        assert state["a"] and ANSWER.startswith(state["a"]), state["a"]
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:2] == ["-m", "sglang.launch_server"]
+    for flag, value in [("--max-running-requests", "3"), ("--context-length", "2048"),
+                        ("--mem-fraction-static", "0.8"), ("--host", "127.0.0.1")]:  # fmt: skip
+        assert argv[argv.index(flag) + 1] == value
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -22,11 +22,11 @@ def char_logprob(char: str) -> float:
 
 
 class FakeSGLang:
-    def __init__(self, model_path: str = "/nonexistent") -> None:
+    def __init__(self, model_path: str = "/nonexistent", port: int = 0) -> None:
         self.model_path = model_path
         self.requests: list[dict[str, Any]] = []
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -103,3 +103,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+if __name__ == "__main__":  # as a stand-in for `python -m sglang.launch_server ... --port P`
+    import sys
+    import time
+
+    args = sys.argv[1:]
+    port = int(args[args.index("--port") + 1])
+    with FakeSGLang(args[args.index("--model-path") + 1], port=port):
+        time.sleep(3600)
