@@ -96,18 +96,30 @@ class Tool(Protocol):
 
 
 class Lmprog:
-    name = "lmprog"
+    """lmprog on the target's own backend; `native`: on lp.SGLang instead, where the server
+    speaks SGLang's /generate (the zero server), to compare with SGLang's RuntimeEndpoint on
+    the same wire and to see lmprog's cost without the openai SDK."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = False) -> None:
+        self.native = native
+        self.name = "lmprog (lp.SGLang, /generate)" if native else "lmprog"
         self.programs = programs(lp)
+        self._backends: dict[str, lp.Backend] = {}
 
     def why_not(self, target: Target, workload: Workload) -> str | None:
+        if self.native and not target.sglang_native:
+            return f"the {target.name} target has no SGLang /generate API"
         return None
+
+    def backend(self, target: Target) -> lp.Backend:
+        if not self.native:
+            return target.lmprog_backend
+        return self._backends.setdefault(target.name, lp.SGLang(target.root, max_retries=0))
 
     def run(self, target: Target, workload: Workload, batch: list[dict[str, Any]]) -> Outcome:
         program = self.programs[workload.name]
         states = program.run_batch(
-            batch, backend=target.lmprog_backend, max_concurrency=target.concurrency, temperature=0
+            batch, backend=self.backend(target), max_concurrency=target.concurrency, temperature=0
         )
         errors = [repr(s.error()) for s in states if s.error() is not None]
         return Outcome(len(batch), errors, lp.cache_report(states))
@@ -300,7 +312,7 @@ class Sequential:
 
 def all_tools() -> tuple[list[Tool], dict[str, str]]:
     """The tools to compare, and those that cannot run here (name -> why)."""
-    tools: list[Tool] = [Ceiling(), Lmprog()]
+    tools: list[Tool] = [Ceiling(), Lmprog(), Lmprog(native=True)]
     missing = {}
     why = sglang_available()
     for native in (False, True):
