@@ -9,9 +9,10 @@ batch learns from its first item instead:
    its own prompt (`backend.warm`), so the items that share a prefix with it find the prefix
    computed; item 0's own request then reuses all of it.
 2. The other items are launched once that prompt is known, in an order that keeps items sharing
-   a prefix together: sorted by the values of their string arguments, taken in the order those
-   values appear in item 0's prompt (a document before a question sorts by document). This is
-   the order of the prompts themselves, as far as the arguments show it.
+   a prefix together: items whose string arguments, taken in the order those values appear in
+   item 0's prompt, start with the same values run together, where the first of them stands
+   (items about one document run one after another). Items that share nothing keep their input
+   order.
 3. Each item's first request joins a group of items whose prompts share at least
    `WARM_PREFIX_CHARS` with it. The first item to join a group warms what it shares with the
    group's first item, and the others wait for that one warm-up instead of all computing the
@@ -81,8 +82,9 @@ class PrefixIndex(Generic[T]):
 
 
 def prefix_order(items: Sequence[Any], prompt: str) -> list[int]:
-    """Launch order: item 0, then the others sorted by their string arguments, most significant
-    first where item 0's `prompt` shows it first; input order when no argument shows."""
+    """Launch order: items whose string arguments, taken in the order item 0's `prompt` shows
+    them, start with the same values run together, where the first of them stands; items
+    that share nothing keep their input order (so a budget or Ctrl-C still stops the last)."""
     first = _string_arguments(items[0])
     found = sorted(
         (prompt.find(value), key)
@@ -90,14 +92,15 @@ def prefix_order(items: Sequence[Any], prompt: str) -> list[int]:
         if len(value) >= MIN_KEY_CHARS and value in prompt
     )
     order = [key for _, key in found]
-    if not order:
-        return list(range(len(items)))
+    first_seen: dict[tuple[str, ...], int] = {}
 
-    def sort_key(index: int) -> tuple[str, ...]:
+    def group_key(index: int) -> tuple[int, ...]:
         values = _string_arguments(items[index])
-        return tuple(values.get(key, "") for key in order)
+        leading = tuple(values.get(key, "") for key in order)
+        return tuple(first_seen.setdefault(leading[:k], index) for k in range(1, len(order) + 1))
 
-    return [0, *sorted(range(1, len(items)), key=sort_key)]
+    keys = [group_key(i) for i in range(len(items))]
+    return sorted(range(len(items)), key=lambda i: (keys[i], i))
 
 
 def _string_arguments(item: Any) -> dict[int | str, str]:

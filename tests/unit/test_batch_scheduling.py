@@ -123,16 +123,29 @@ def test_a_first_item_slow_to_send_holds_the_others_only_briefly(
     assert [p for _, p in backend.log][-1] == "item 0"  # the others did not wait for it
 
 
-def test_prefix_order_follows_the_arguments_in_prompt_order() -> None:
+def test_prefix_order_groups_items_by_the_arguments_in_prompt_order() -> None:
     items = [
         {"q": "zzz1", "doc": "doc-b"},
         {"q": "aaa2", "doc": "doc-a"},
-        {"q": "aaa", "doc": "doc-b"},
+        {"q": "aaa3", "doc": "doc-b"},
+        {"q": "aaa4", "doc": "doc-a"},
     ]
-    prompt = "Read doc-b and answer zzz1"  # the document comes first
-    assert prefix_order(items, prompt) == [0, 1, 2]
-    assert prefix_order(items, "Answer zzz1 about doc-b") == [0, 2, 1]  # the question first
-    assert prefix_order(items, "no argument shows") == [0, 1, 2]
+    assert prefix_order(items, "Read doc-b and answer zzz1") == [0, 2, 1, 3]  # by document
+    assert prefix_order(items, "Answer zzz1 about doc-b") == [0, 1, 2, 3]  # questions differ
+    assert prefix_order(items, "no argument shows") == [0, 1, 2, 3]
+    nested = [("sys-1", "doc-x", "q1"), ("sys-1", "doc-y", "q2"), ("sys-1", "doc-x", "q3")]
+    assert prefix_order(nested, "sys-1 doc-x q1") == [0, 2, 1]
+
+
+def test_a_batch_whose_items_share_nothing_runs_in_input_order() -> None:
+    @lp.function
+    def label(s, text):
+        s += "Text: " + text + "\nTopic:" + lp.gen("topic")
+
+    texts = ["The match ended.", "Stocks fell today.", "A new vaccine.", "Rain soon."]
+    backend = LoggingBackend()
+    label.run_batch([(t,) for t in texts], backend=backend, max_concurrency=1)
+    assert [p for _, p in backend.log] == [f"Text: {t}\nTopic:" for t in texts]
 
 
 def test_prefix_index_finds_the_longest_recorded_prefix() -> None:
