@@ -15,6 +15,7 @@ remote backends do not pay for importing torch.
 
 from typing import TYPE_CHECKING, Any
 
+from lmprog.admin import flush_cache, get_server_info
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
@@ -130,11 +131,13 @@ __all__ = [
     "assistant_end",
     "cache_report",
     "embed",
+    "flush_cache",
     "function",
     "gen",
     "gen_int",
     "gen_string",
     "get_default_backend",
+    "get_server_info",
     "greedy_token_selection",
     "image",
     "select",

@@ -50,6 +50,7 @@ def gen(
     type: Any = None,
     choices: Sequence[str] | None = None,
     grammar: str | None = None,
+    choices_method: ChoicesMethod | None = None,
     dtype: Any = None,
     return_logprob: bool = False,
     top_logprobs_num: int = 0,
@@ -117,6 +118,7 @@ def _gen(
     type: Any,
     choices: Sequence[str] | None,
     grammar: str | None,
+    choices_method: ChoicesMethod | None,
     dtype: Any,
     return_logprob: bool,
     top_logprobs_num: int,
@@ -128,7 +130,8 @@ def _gen(
     max_new_tokens: int | None,
 ) -> Node:
     if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
-        return select(name, choices, temperature=temperature or 0.0)
+        method = choices_method or token_length_normalized
+        return select(name, choices, choices_method=method, temperature=temperature or 0.0)
     try:
         constraint = make_constraint(
             regex=regex,

@@ -8,9 +8,9 @@ plain thread) only for what they need.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from lmprog import loop
 from lmprog.cache_report import CacheReport
@@ -58,15 +58,22 @@ class ProgramState:
         yield self
         self += RoleEnd(role)
 
-    def system(self) -> Any:
-        """`with s.system(): s += ...` writes a system turn."""
-        return self._role("system")
+    def system(self, expr: Node | str | None = None) -> Any:
+        """`with s.system(): s += ...` writes a system turn; `s.system(x)` appends one at once
+        (SGLang's spelling of `s += lp.system(x)`)."""
+        return self._role_or_append("system", expr)
 
-    def user(self) -> Any:
-        return self._role("user")
+    def user(self, expr: Node | str | None = None) -> Any:
+        return self._role_or_append("user", expr)
 
-    def assistant(self) -> Any:
-        return self._role("assistant")
+    def assistant(self, expr: Node | str | None = None) -> Any:
+        return self._role_or_append("assistant", expr)
+
+    def _role_or_append(self, role: Role, expr: Node | str | None) -> Any:
+        if expr is None:
+            return self._role(role)
+        self += RoleBegin(role) + as_node(expr) + RoleEnd(role)
+        return None
 
     @contextmanager
     def var_scope(self, name: str) -> Iterator[ProgramState]:
@@ -276,10 +283,19 @@ class ForkGroup:
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
-    def __iadd__(self, other: Node | str | Callable[[int], Node | str]) -> ForkGroup:
-        """`forks += x` appends x to every branch; `forks += lambda i: ...` a value per branch."""
+    def __iadd__(
+        self, other: Node | str | Callable[[int], Node | str] | Sequence[Node | str]
+    ) -> ForkGroup:
+        """`forks += x` appends x to every branch; `forks += lambda i: ...` or
+        `forks += [x0, x1, ...]` (one per branch) a value per branch."""
+        if isinstance(other, (list, tuple)):
+            if len(other) != len(self.states):
+                raise ValueError(f"{len(other)} values for {len(self.states)} branches")
+            for state, value in zip(self.states, other, strict=True):
+                state += value
+            return self
         for i, state in enumerate(self.states):
-            state += other(i) if callable(other) else other
+            state += other(i) if callable(other) else cast(Node | str, other)
         return self
 
     def join(self, mode: str = "gather_variable") -> None:

@@ -59,6 +59,11 @@ class SGLang(Backend):
         info: dict[str, Any] = await self._http.get("/get_model_info")
         return info
 
+    async def server_info(self) -> dict[str, Any]:
+        """The server's `/get_server_info` (its launch arguments and version)."""
+        info: dict[str, Any] = await self._http.get("/get_server_info")
+        return info
+
     async def warm(self, prompt: str) -> None:
         await self._http.post(
             "/generate", {"text": prompt, "sampling_params": {"max_new_tokens": 0}}

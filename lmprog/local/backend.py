@@ -74,7 +74,7 @@ class Local(Backend):
         self.model = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
-        self.name = f"lp.Local({str(model) if model is not None else ''!r})"
+        self.name = "lp.Local()" if model is None else f"lp.Local({str(model)!r})"
         self._template_choice = chat_template
         self._cache_bytes = cache_bytes
         self._max_batch_size = max_batch_size
@@ -157,6 +157,13 @@ class Local(Backend):
 
     async def concurrency_hint(self) -> int:
         return 2 * self._max_batch_size
+
+    def check_images(self) -> None:
+        raise UnsupportedFeatureError(
+            self.name,
+            "take images: it runs text-only models",
+            "use a vision model behind llama-server (with its mmproj), vLLM or SGLang",
+        )
 
     # ----- generation ---------------------------------------------------------------------
 

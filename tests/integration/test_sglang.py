@@ -179,3 +179,12 @@ def test_runtime_launches_sglang_and_leaves_nothing_behind(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_flush_cache_and_server_info_as_in_sglang(server: FakeSGLang) -> None:
+    backend = lp.SGLang(server.url)
+    lp.flush_cache(backend)
+    assert server.requests[-1] == {}
+    assert lp.get_server_info(backend)["version"] == "stand-in"
+    with pytest.raises(lp.UnsupportedFeatureError, match="flush its prefix cache"):
+        lp.flush_cache(lp.OpenAI("m", base_url=server.url))

@@ -50,6 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/get_model_info":
             self._json({"model_path": self.fake.model_path, "is_generation": True})
+        elif self.path == "/get_server_info":
+            self._json({"version": "stand-in", "model_path": self.fake.model_path})
         elif self.path == "/health":
             self._json({})
         else:

@@ -482,3 +482,32 @@ def test_image_urls_are_downloaded_when_their_turn_runs() -> None:
         assert "image('http://127.0.0.1:9/none.png')" in str(missing)
     finally:
         server.shutdown()
+
+
+def test_sglang_spellings_role_methods_with_an_argument_and_per_branch_lists() -> None:
+    import lmprog as lp
+    from lmprog.testing import ScriptedBackend
+
+    @lp.function
+    def prog(s):
+        s.system("Be brief.")
+        s.user("Name two colours.")
+        forks = s.fork(2)
+        forks += [lp.assistant("red"), lp.assistant("blue")]
+        forks += lp.user("Sure?")
+        forks.join()
+        s += lp.user("Pick:") + lp.assistant(lp.gen("pick", choices=["a", "b"],
+                                                     choices_method=lp.greedy_token_selection))
+
+    state = prog.run(backend=ScriptedBackend())
+    assert state.error() is None, state.error()
+    assert [m["role"] for m in state.messages()][:2] == ["system", "user"]
+    assert state.get_meta_info("pick")["choices_method"] == "greedy_token_selection"
+
+    @lp.function
+    def mismatched(s):
+        forks = s.fork(2)
+        forks += ["a", "b", "c"]
+
+    error = mismatched.run(backend=ScriptedBackend()).error()
+    assert isinstance(error.cause, ValueError) and "3 values for 2 branches" in str(error)
