@@ -61,8 +61,9 @@ PROBE = GenerateRequest(prompt="\n", sampling=SamplingParams(max_new_tokens=1, t
 
 @dataclass(frozen=True)
 class ReplicaStats:
-    """What one replica did: requests it answered, failures seen, the engine's token counts
-    for its gens (prompt tokens sent, and how many of them its cache served)."""
+    """What one replica did: requests it answered (gens, select scorings, warm-ups),
+    connection-level failures seen, and the engine's token counts for its gens (prompt tokens
+    sent, and how many of them its cache served)."""
 
     label: str
     healthy: bool
@@ -101,10 +102,14 @@ class _Replica:
 
 class Replicas(Backend):
     """Several servers of the same model as one backend, with cache affinity, load balance,
-    health checks and failover (see the module's docstring).
+    health checks and failover (docs/replicas.md).
 
     `backends`: backends, or URLs made into backends by `kind` (lp.LlamaCpp by default; e.g.
     `kind=lp.SGLang`, or `kind=lambda url: lp.LlamaCpp(url, chat_template="gemma3")`).
+    `routing`: "affinity" (a request goes where the longest prefix of its prompt went) or
+    "round_robin". `balance`, `burst`: a replica takes a request while its requests in flight
+    stay within (1 + balance) x the average, or under `burst`. `retry_after`: seconds before a
+    replica marked down is probed (doubling while it stays down, up to a minute).
     """
 
     def __init__(
