@@ -24,14 +24,13 @@ from dataclasses import dataclass
 
 from lmprog.backends.base import (
     Backend,
-    Capabilities,
     GenerateRequest,
     Generation,
     TextCallback,
+    WrappedBackend,
 )
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
-from lmprog.templates import ChatTemplate
 
 
 @dataclass(frozen=True)
@@ -114,19 +113,12 @@ def _charging(meter: BudgetMeter) -> Iterator[None]:
         _current.reset(token)
 
 
-class BudgetedBackend(Backend):
+class BudgetedBackend(WrappedBackend):
     """`backend`, with every request charged to `meter` first."""
 
     def __init__(self, backend: Backend, meter: BudgetMeter) -> None:
-        self.inner = backend
+        super().__init__(backend)
         self.meter = meter
-        self.name = backend.name
-        self.image_marker = backend.image_marker
-
-    @property
-    def capabilities(self) -> Capabilities:  # type: ignore[override]
-        """The inner backend's, read each time (lp.OpenAI learns its server's on first use)."""
-        return self.inner.capabilities
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None
@@ -149,18 +141,6 @@ class BudgetedBackend(Backend):
         self.meter.take_requests()
         with _charging(self.meter):
             await self.inner.warm(prompt)
-
-    async def chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
-    async def _load_chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
-    def cached_chat_template(self) -> ChatTemplate | None:
-        return self.inner.cached_chat_template()
-
-    async def concurrency_hint(self) -> int:
-        return await self.inner.concurrency_hint()
 
     def __repr__(self) -> str:
         return f"<lmprog {self.name}, budgeted>"

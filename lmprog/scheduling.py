@@ -31,11 +31,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
-from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
+from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback, WrappedBackend
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
 from lmprog.executor import WARM_PREFIX_CHARS
-from lmprog.templates import ChatTemplate
 
 T = TypeVar("T")
 
@@ -210,16 +209,13 @@ class BatchScheduler:
         return task
 
 
-class _ItemBackend(Backend):
+class _ItemBackend(WrappedBackend):
     """The batch's backend as one item sees it: its first request waits to be admitted."""
 
     def __init__(self, scheduler: BatchScheduler, index: int) -> None:
+        super().__init__(scheduler.backend)
         self.scheduler = scheduler
         self.index = index
-        self.inner = scheduler.backend
-        self.name = self.inner.name
-        self.capabilities = self.inner.capabilities
-        self.image_marker = self.inner.image_marker
         self._admitted: asyncio.Task[_Group | None] | None = None
 
     async def _admit(self, prompt: str) -> _Group | None:
@@ -248,21 +244,3 @@ class _ItemBackend(Backend):
         finally:
             if leads is not None:
                 leads.computed = True
-
-    async def warm(self, prompt: str) -> None:
-        await self.inner.warm(prompt)
-
-    async def chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
-    async def _load_chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
-    def cached_chat_template(self) -> ChatTemplate | None:
-        return self.inner.cached_chat_template()
-
-    async def concurrency_hint(self) -> int:
-        return await self.inner.concurrency_hint()
-
-    def check_images(self) -> None:
-        self.inner.check_images()

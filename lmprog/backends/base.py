@@ -147,3 +147,52 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<lmprog {self.name}>"
+
+
+class WrappedBackend(Backend):
+    """Passes everything to `inner`. Wrappers that add one thing (budgets, metering, batch
+    scheduling) subclass it and override only the methods they change."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.image_marker = inner.image_marker
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The inner backend's, read each time (lp.OpenAI learns its server's on first use)."""
+        return self.inner.capabilities
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        return await self.inner.generate(request, on_text)
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        return await self.inner.score_choices(context, choices, method)
+
+    async def warm(self, prompt: str) -> None:
+        await self.inner.warm(prompt)
+
+    async def chat_template(self) -> ChatTemplate:
+        return await self.inner.chat_template()
+
+    async def _load_chat_template(self) -> ChatTemplate:
+        return await self.inner.chat_template()
+
+    def cached_chat_template(self) -> ChatTemplate | None:
+        return self.inner.cached_chat_template()
+
+    async def concurrency_hint(self) -> int:
+        return await self.inner.concurrency_hint()
+
+    def check_constraint(self, constraint: Constraint | None) -> None:
+        self.inner.check_constraint(constraint)
+
+    def check_choices_method(self, method: ChoicesMethod) -> None:
+        self.inner.check_choices_method(method)
+
+    def check_images(self) -> None:
+        self.inner.check_images()
