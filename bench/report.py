@@ -94,6 +94,35 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[Row]) -> str:
+    """One target's rows as a matrix: workload x tool, "programs/s (ratio)" and, where the
+    engine counts them, "computed/sent" prompt tokens; n/a cells are explained below it."""
+    tools = list(dict.fromkeys(r.tool for r in rows if r.samples))
+    workloads = list(dict.fromkeys(r.workload for r in rows))
+    cells = {(r.workload, r.tool): r for r in rows}
+    lines = ["| workload | " + " | ".join(tools) + " |", "| --- |" + " ---: |" * len(tools)]
+    reasons: dict[str, str] = {}
+    for workload in workloads:
+        out = []
+        for tool in tools:
+            row = cells.get((workload, tool))
+            best = row.median if row else None
+            if row is None or best is None:
+                why = row.why_not if row else "not run"
+                mark = reasons.setdefault(str(why), f"n/a [{len(reasons) + 1}]")
+                out.append(mark)
+                continue
+            cell = f"{row.rate:,.1f}" + ("" if row.ratio is None else f" ({row.ratio:.2f}x)")
+            if best.prompt_sent is not None and best.prompt_cached is not None:
+                cell += f" · {best.prompt_sent - best.prompt_cached:,.0f}/{best.prompt_sent:,.0f}"
+            out.append(cell)
+        lines.append(f"| {workload} | " + " | ".join(out) + " |")
+    lines += [f"\n{mark}: {why}" for why, mark in reasons.items()]
+    absent = {r.tool: r.why_not for r in rows if r.tool not in tools}
+    lines += [f"\nNot run here: {tool} ({why})." for tool, why in absent.items()]
+    return "\n".join(lines)
+
+
 def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     parts = [f"# bench/compare.py, {meta['date']}", "", "```", meta["machine"], "```", ""]
     for note in meta.get("notes", []):
@@ -105,6 +134,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
             f"median of {meta['repeat']} runs.",
             "",
         ]
+        parts += [pivot([r for r in rows if r.target == target]), "", "All columns:", ""]
         parts.append(table([r for r in rows if r.target == target]))
         for row in rows:
             best = row.median
