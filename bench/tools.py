@@ -131,7 +131,7 @@ class Lmprog:
 def sglang_available() -> str | None:
     """None if SGLang's frontend imports here, else why not (run bench/setup.sh)."""
     if importlib.util.find_spec("sglang") is None:
-        return "sglang is not installed (bash bench/setup.sh)"
+        return "sglang is not installed: run bash bench/setup.sh"
     return None
 
 
