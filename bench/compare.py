@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import importlib.metadata
 import os
 import platform
 import secrets
@@ -41,6 +43,7 @@ from bench.workloads import WORKLOADS, Workload
 
 
 def run_once(tool: Tool, target: Target, workload: Workload, programs: int) -> Sample:
+    """One timed batch; requests and engine token counters are read around it."""
     tag = secrets.token_hex(4)  # no run reuses a prefix cached by an earlier one
     batch = [{"tag": tag, "i": i} for i in range(programs)]
     tokens_before, requests_before = target.tokens(), requests_sent()
@@ -75,6 +78,7 @@ def measure(
     programs: int,
     repeat: int,
 ) -> list[Row]:
+    """Every tool on one workload: the n/a rows, a warm-up, then `repeat` interleaved runs."""
     rows = [Row(target.name, workload.name, name, why) for name, why in missing.items()]
     runnable = []
     for tool in tools:
@@ -134,15 +138,10 @@ def machine() -> str:
 
 
 def versions() -> dict[str, str]:
-    import openai
-
-    found = {"lmprog": "0.1.0", "openai": openai.__version__}
-    try:
-        import sglang
-
-        found["sglang"] = sglang.__version__
-    except ImportError:
-        pass
+    found = {}
+    for name in ("lmprog", "openai", "sglang"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
     return found
 
 
