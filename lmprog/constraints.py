@@ -8,6 +8,7 @@ typed values also happens only here (`Constraint.parse`).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import typing
@@ -176,10 +177,7 @@ def schema_constraint(
             raise ConstraintError(f"json_schema= is not valid JSON: {exc}") from exc
     if not isinstance(schema, dict):
         raise ConstraintError(f"json_schema= must be a JSON object, got {schema!r}")
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ConstraintError(f"invalid JSON schema: {exc.message}") from exc
+    _check_schema(json.dumps(schema, sort_keys=True, default=str))
     title = schema.get("title", "")
     return Constraint(
         kind="json_schema",
@@ -187,6 +185,16 @@ def schema_constraint(
         _adapter=adapter,
         description=f"JSON schema {title}".strip(),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_schema(text: str) -> None:
+    """Check a schema (as canonical JSON) against the metaschema, once per distinct schema: a
+    program in a batch would otherwise check the same schema on every run."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(text))
+    except jsonschema.SchemaError as exc:
+        raise ConstraintError(f"invalid JSON schema: {exc.message}") from exc
 
 
 def choices_constraint(choices: typing.Sequence[str], python_type: Any = None) -> Constraint:
@@ -243,6 +251,19 @@ def closed_schema(schema: Any) -> Any:
 
 
 def _json_type(python_type: Any) -> Constraint:
+    """The constraint of a JSON type, made once per type (constraints are immutable)."""
+    try:
+        return _cached_json_type(python_type)
+    except TypeError:  # an unhashable type annotation: build it each time
+        return _build_json_type(python_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_json_type(python_type: Any) -> Constraint:
+    return _build_json_type(python_type)
+
+
+def _build_json_type(python_type: Any) -> Constraint:
     try:
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(python_type)
         schema = adapter.json_schema()

@@ -280,6 +280,11 @@ class ForkGroup:
     def __len__(self) -> int:
         return len(self.states)
 
+    def __setitem__(self, index: int, state: ProgramState) -> None:
+        """Lets SGLang's `forks[i] += x` work: Python stores the branch back after appending."""
+        if state is not self.states[index]:
+            raise TypeError("a fork's branches cannot be replaced; append with forks[i] += ...")
+
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 

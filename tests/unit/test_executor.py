@@ -494,7 +494,7 @@ def test_sglang_spellings_role_methods_with_an_argument_and_per_branch_lists() -
         s.user("Name two colours.")
         forks = s.fork(2)
         forks += [lp.assistant("red"), lp.assistant("blue")]
-        forks += lp.user("Sure?")
+        forks[1] += lp.user("Sure?")  # SGLang's per-branch idiom (needs ForkGroup.__setitem__)
         forks.join()
         s += lp.user("Pick:") + lp.assistant(lp.gen("pick", choices=["a", "b"],
                                                      choices_method=lp.greedy_token_selection))
@@ -502,6 +502,7 @@ def test_sglang_spellings_role_methods_with_an_argument_and_per_branch_lists() -
     state = prog.run(backend=ScriptedBackend())
     assert state.error() is None, state.error()
     assert [m["role"] for m in state.messages()][:2] == ["system", "user"]
+    assert state["pick"] in ("a", "b")
     assert state.get_meta_info("pick")["choices_method"] == "greedy_token_selection"
 
     @lp.function
