@@ -42,10 +42,8 @@ from typing import Any
 import httpx
 
 import lmprog as lp
-from lmprog.backends.base import GenerateRequest, Generation, TextCallback
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.backends.base import WrappedBackend
 from lmprog.models import gemma3_270m_gguf
-from lmprog.templates import ChatTemplate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.models import tiny_model_dir, tiny_model_gguf
@@ -103,33 +101,11 @@ WORKLOADS: dict[str, lp.Program] = {
 }
 
 
-class NoWarm(lp.Backend):
+class NoWarm(WrappedBackend):
     """`inner` with prefix warm-ups switched off (the "without" side of the comparison)."""
-
-    def __init__(self, inner: lp.Backend) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.capabilities = inner.capabilities
-        self.image_marker = inner.image_marker
-
-    async def generate(
-        self, request: GenerateRequest, on_text: TextCallback | None = None
-    ) -> Generation:
-        return await self.inner.generate(request, on_text)
-
-    async def score_choices(
-        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
-    ) -> list[ChoiceLogprobs]:
-        return await self.inner.score_choices(context, choices, method)
 
     async def warm(self, prompt: str) -> None:
         return None
-
-    async def _load_chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
-    async def concurrency_hint(self) -> int:
-        return await self.inner.concurrency_hint()
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ class RunProbe:
 
 def _misorder(first: str, other: str) -> tuple[int, int] | None:
     """(prefix, shared) when the prompts share much more after they first differ than before."""
-    prefix = _common_prefix(first, other)
+    prefix = common_prefix_length(first, other)
     if prefix >= PREFIX_FRACTION * min(len(first), len(other)):
         return None
     shared = _shared_chars(first[prefix:], other[prefix:])
@@ -153,7 +153,7 @@ def _misorder(first: str, other: str) -> tuple[int, int] | None:
     return prefix, shared
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix_length(a: str, b: str) -> int:
     """Length of the common prefix, by bisection on slice comparisons (C speed)."""
     low, high = 0, min(len(a), len(b))
     while low < high:

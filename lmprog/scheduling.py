@@ -35,6 +35,7 @@ from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallb
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
 from lmprog.executor import WARM_PREFIX_CHARS
+from lmprog.prefix_lint import common_prefix_length
 
 T = TypeVar("T")
 
@@ -107,18 +108,6 @@ def _string_arguments(item: Any) -> dict[int | str, str]:
     return {key: value for key, value in pairs if isinstance(value, str)}
 
 
-def _shared_chars(a: str, b: str) -> int:
-    """How many leading characters two strings share (by bisection: slices compare in C)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
 class _Group:
     """Items whose first prompts share a long prefix; one warm-up serves them all."""
 
@@ -182,7 +171,7 @@ class BatchScheduler:
             return None
         keys = self._groups.keys(prompt)
         group, _ = self._groups.longest(keys)
-        shared = _shared_chars(group.leader, prompt) if group else 0
+        shared = common_prefix_length(group.leader, prompt) if group else 0
         leads = group is None or shared < WARM_PREFIX_CHARS
         if group is None or leads:
             group = _Group(prompt)
