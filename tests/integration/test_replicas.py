@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from support.models import tiny_model_gguf
 
 import lmprog as lp
+from lmprog.backends.base import GenerateRequest, Generation, TextCallback, WrappedBackend
 
 pytestmark = pytest.mark.engine
 
@@ -102,31 +101,40 @@ def test_programs_give_the_same_greedy_output_as_one_server(servers: list[lp.Run
         )
 
 
+class DiesOnSecondRequest(WrappedBackend):
+    """The replica to kill: its server is SIGKILLed as its second request goes out, so that
+    the batch is under way and a request is in flight on the replica that dies (polling for
+    that moment from a thread missed it when requests took about a millisecond)."""
+
+    def __init__(self, runtime: lp.Runtime) -> None:
+        super().__init__(runtime)
+        self.url = runtime.url
+        self.pid = runtime._process.pid if runtime._process is not None else 0
+        self.calls = 0
+        self.served_by_all: int | None = None
+        self.replicas: lp.Replicas | None = None
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        self.calls += 1
+        if self.calls == 2:
+            assert self.replicas is not None
+            self.served_by_all = sum(s.requests for s in self.replicas.stats())
+            os.killpg(self.pid, signal.SIGKILL)
+        return await self.inner.generate(request, on_text)
+
+
 def test_killing_a_replica_mid_batch_loses_no_program() -> None:
     started = [start_replica() for _ in range(3)]
     pids = [s._process.pid for s in started if s._process is not None]
     try:
-        replicas = lp.Replicas(started, retry_after=60)
-        victim = started[2]
-        seen: dict[str, int] = {}
-
-        def kill_when_busy() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                stats = {s.label: s for s in replicas.stats()}[victim.url]
-                if stats.requests >= 2 and stats.in_flight >= 1:
-                    seen["in_flight"] = stats.in_flight
-                    seen["served"] = sum(s.requests for s in replicas.stats())
-                    os.killpg(pids[2], signal.SIGKILL)
-                    return
-                time.sleep(0.001)
-
-        killer = threading.Thread(target=kill_when_busy)
-        killer.start()
+        victim = DiesOnSecondRequest(started[2])
+        replicas = lp.Replicas([started[0], started[1], victim], retry_after=60)
+        victim.replicas = replicas
         states = two_turns.run_batch([(i,) for i in range(40)], backend=replicas)
-        killer.join()
-        assert seen, "the replica was never busy enough to kill"
-        assert seen["served"] < 80  # killed mid-batch, with requests of its own in flight
+        assert victim.calls >= 2, "the batch never sent the victim a second request"
+        assert victim.served_by_all is not None and victim.served_by_all < 80  # mid-batch
         assert [s.error() for s in states if s.error()] == []
         stats = {s.label: s for s in replicas.stats()}
         assert not stats[victim.url].healthy and stats[victim.url].failures >= 1
