@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from support.models import tiny_model_gguf
+from support.processes import alive
 
 import lmprog as lp
 from lmprog.backends.base import GenerateRequest, Generation, TextCallback, WrappedBackend
@@ -19,14 +20,6 @@ pytestmark = pytest.mark.engine
 
 def start_replica() -> lp.Runtime:
     return lp.Runtime("llama.cpp", tiny_model_gguf(), slots=2, ctx_per_slot=1024, threads=1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

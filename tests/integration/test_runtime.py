@@ -11,18 +11,11 @@ from pathlib import Path
 
 import pytest
 from support.models import tiny_model_dir, tiny_model_gguf
+from support.processes import alive
 
 import lmprog as lp
 
 pytestmark = pytest.mark.engine
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @lp.function

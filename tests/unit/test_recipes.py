@@ -33,6 +33,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from support.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ROOT / "backends"
@@ -494,14 +495,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class SlurmJob:
