@@ -27,11 +27,10 @@ from typing import IO, Any
 
 import httpx
 
-from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback
+from lmprog.backends.base import Backend, WrappedBackend
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM
 from lmprog.backends.sglang import SGLang
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import BackendUnavailableError, LmprogError
 from lmprog.templates import ChatTemplate
 
@@ -215,7 +214,7 @@ def vllm_python() -> Path:
     )
 
 
-class Runtime(Backend):
+class Runtime(WrappedBackend):
     """Launch `engine` serving `model` and talk to it: "llama.cpp" (a GGUF file, through
     lp.LlamaCpp), "vllm" (a model folder, through lp.VLLM; CPU flags such as `o0=True`
     or `enforce_eager=True` speed its start-up) or "sglang" (a model folder or hub id,
@@ -273,9 +272,13 @@ class Runtime(Backend):
         except BaseException:
             self.shutdown()
             raise
-        self.backend = launch.backend
-        self.capabilities = self.backend.capabilities
-        self.image_marker = self.backend.image_marker
+        super().__init__(launch.backend)
+        self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"  # not the inner backend's
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that talks to the launched server (lp.LlamaCpp, lp.VLLM, lp.SGLang)."""
+        return self.inner
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -329,32 +332,10 @@ class Runtime(Backend):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    # ----- the backend: everything goes to the launched server ------------------------------
-
-    async def generate(
-        self, request: GenerateRequest, on_text: TextCallback | None = None
-    ) -> Generation:
-        return await self.backend.generate(request, on_text)
-
-    async def score_choices(
-        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
-    ) -> list[ChoiceLogprobs]:
-        return await self.backend.score_choices(context, choices, method)
-
-    async def _load_chat_template(self) -> ChatTemplate:
-        return await self.backend.chat_template()
-
-    async def concurrency_hint(self) -> int:
-        return await self.backend.concurrency_hint()
-
-    async def warm(self, prompt: str) -> None:
-        await self.backend.warm(prompt)
-
-    def check_images(self) -> None:
-        self.backend.check_images()
+    # ----- the backend: WrappedBackend passes everything to the launched server's ----------
 
     async def aclose(self) -> None:
-        await self.backend.aclose()
+        await self.inner.aclose()  # the runtime owns its backend, unlike other wrappers
 
     def __repr__(self) -> str:
         return f"<lmprog {self.name} at {self.url}{'' if self.running else ' (stopped)'}>"

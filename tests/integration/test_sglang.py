@@ -167,6 +167,7 @@ def test_runtime_launches_sglang_and_leaves_nothing_behind(
     with lp.Runtime("sglang", tiny_model_dir(), slots=3, ctx_per_slot=2048,
                     mem_fraction_static=0.8) as runtime:  # fmt: skip
         assert isinstance(runtime.backend, lp.SGLang)
+        assert lp.get_server_info(runtime)["version"] == "stand-in"  # through the runtime
         pids = [runtime._process.pid]
         state = prog.run(backend=runtime)
         assert state.error() is None, state.error()
