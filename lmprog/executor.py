@@ -506,7 +506,7 @@ class Execution:
                 )
                 generations.append(generation)
                 values.append(parsed)
-            path = f"validated after {attempts.count} attempt{'s' * (attempts.count > 1)}"
+            path = f"validated after {attempts} attempt{'s' * (attempts > 1)}"
             self._append(generations[0].text, "gen", node.name)
             value: Any = values if node.n > 1 else values[0]
             generation = generations[0]

@@ -25,14 +25,6 @@ Send = Callable[[GenerateRequest, TextCallback | None], Awaitable[Generation]]
 VALIDATABLE = frozenset({"regex", "json_schema", "choices"})  # grammars need a parser
 
 
-class Attempts:
-    """What the attempts of one validated gen did: how many, and why each failed."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.failures: list[str] = []
-
-
 async def generate_validated(
     send: Send,
     streaming: bool,
@@ -40,26 +32,25 @@ async def generate_validated(
     constraint: Constraint,
     max_attempts: int,
     parse: Callable[[Generation], Any],
-) -> tuple[Generation, Any, Attempts]:
+) -> tuple[Generation, Any, int]:
     """Up to `max_attempts` unconstrained generations (each through `send`, streamed when
-    `streaming`) until one parses under `constraint`. Raises ConstraintError naming every
-    failure when none does."""
+    `streaming`) until one parses under `constraint`: the generation, its value, and how many
+    attempts it took. Raises ConstraintError naming every failure when none does."""
     feasible = prefix_check(constraint)
-    attempts = Attempts()
+    failures: list[str] = []
     for attempt in range(max_attempts):
-        attempts.count += 1
         seed = request.sampling.seed
         sampling = replace(request.sampling, seed=None if seed is None else seed + attempt)
         free = replace(request, constraint=None, sampling=sampling)
         generation = await _watched(send, streaming, free, feasible)
         if generation.finish_reason == "abandoned":
-            attempts.failures.append(f"stopped early at {generation.text[-60:]!r}")
+            failures.append(f"stopped early at {generation.text[-60:]!r}")
             continue
         try:
-            return generation, parse(generation), attempts
+            return generation, parse(generation), attempt + 1
         except ConstraintError as exc:
-            attempts.failures.append(str(exc))
-    listed = "; ".join(f"{i + 1}: {why}" for i, why in enumerate(attempts.failures))
+            failures.append(str(exc))
+    listed = "; ".join(f"{i + 1}: {why}" for i, why in enumerate(failures))
     raise ConstraintError(
         f"no output met {constraint.description} in {max_attempts} attempts ({listed}); "
         "raise max_attempts, sample with temperature > 0, or use a backend that enforces it"
