@@ -12,7 +12,7 @@ import json
 import re
 import types
 import typing
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import annotated_types
@@ -93,6 +93,14 @@ def _parse(text: str, mode: typing.Literal["on", "trailing-strings"]) -> Any:
         return pydantic_core.from_json(text, allow_partial=mode)
     except ValueError:
         return _UNFINISHED
+
+
+@lru_cache(maxsize=256)
+def partial_reader(constraint: Constraint) -> PartialJson:
+    """The reader of a constraint, made once: its partial type's TypeAdapter costs
+    milliseconds, and the gens of a `type=` share one constraint (constraints are immutable;
+    bounded, since a `json_schema=` dict makes a new constraint per gen)."""
+    return PartialJson(constraint)
 
 
 def _text_after_value(text: str) -> bool:

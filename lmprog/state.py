@@ -18,7 +18,7 @@ from lmprog.display import batch_html, state_html
 from lmprog.errors import LmprogError, ProgramError
 from lmprog.executor import Chunk, Execution
 from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
-from lmprog.partial import PartialJson
+from lmprog.partial import partial_reader
 from lmprog.prefix_lint import caller_origin
 from lmprog.trace import Span
 
@@ -358,7 +358,7 @@ class PartialStream:
                 f"partial_iter({name!r}) needs a gen named {name!r} with json_schema= or a "
                 "JSON type= (a pydantic model, list, dict); use text_iter for plain text"
             )
-        reader = PartialJson(constraint)
+        reader = partial_reader(constraint)
         text, last, index = "", None, 0
         while True:
             chunks = execution.chunks

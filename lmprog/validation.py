@@ -18,7 +18,7 @@ import regex
 from lmprog.backends.base import GenerateRequest, Generation, TextCallback
 from lmprog.constraints import Constraint
 from lmprog.errors import ConstraintError
-from lmprog.partial import PartialJson
+from lmprog.partial import partial_reader
 
 Feasible = Callable[[str], bool]
 Send = Callable[[GenerateRequest, TextCallback | None], Awaitable[Generation]]
@@ -84,7 +84,7 @@ async def _watched(
 def prefix_check(constraint: Constraint) -> Feasible:
     """Whether a text can still grow into output that meets `constraint`."""
     if constraint.kind == "json_schema":
-        return PartialJson(constraint).feasible
+        return partial_reader(constraint).feasible
     if constraint.kind == "regex":
         assert constraint.pattern is not None
         compiled = regex.compile(constraint.pattern)
