@@ -362,16 +362,16 @@ class PartialStream:
         text, last, index = "", None, 0
         while True:
             chunks = execution.chunks
-            grown = False
-            while index < len(chunks):
+            while index < len(chunks):  # every streamed piece counts, however they bunch up
                 chunk = chunks[index]
                 index += 1
-                if chunk.kind == "gen" and chunk.names[:1] == (name,):
-                    text, grown = text + chunk.text, True
-            value = reader.value(text) if grown else None
-            if value is not None and value != last:
-                last = value
-                yield value
+                if chunk.kind != "gen" or chunk.names[:1] != (name,):
+                    continue
+                text += chunk.text
+                value = reader.value(text)
+                if value is not None and value != last:
+                    last = value
+                    yield value
             written = name in execution.variables and not execution.has_pending(name)
             if written or _over(execution):
                 break
