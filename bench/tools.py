@@ -4,13 +4,13 @@
 - SGLang's frontend: the same program source run by `sglang` (its OpenAI backend, or its
   RuntimeEndpoint where the server speaks SGLang's native API), `run_batch` with as many threads
   as the others' concurrency limit;
-- the hand-written ceiling: asyncio + AsyncOpenAI, one semaphore bounding programs in flight,
-  fork branches gathered;
+- the hand-written ceiling: asyncio + AsyncOpenAI (on the SDK's aiohttp client; also on its
+  default httpx2 client), one semaphore bounding programs in flight, fork branches gathered;
 - a naive sequential loop on the sync openai client.
 
 Each tool says up front where it cannot express a workload on a target (`why_not`), and is never
 run there. Requests are counted at the HTTP transport of every client library in the process
-(httpx, the openai SDK's httpx2, urllib), so every tool is counted the same way.
+(httpx, the openai SDK's httpx2, aiohttp, urllib), so every tool is counted the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 import httpx2
 import openai
@@ -63,6 +64,7 @@ def count_requests() -> None:
     for module in (httpx, httpx2):
         wrap(module.AsyncHTTPTransport, "handle_async_request")
         wrap(module.HTTPTransport, "handle_request")
+    wrap(aiohttp.ClientSession, "_request")  # lmprog's client, and the SDK's aiohttp transport
     wrap(urllib.request.OpenerDirector, "open")
 
 
@@ -240,9 +242,17 @@ def _no_server(target: Target) -> str | None:
 
 
 class Ceiling:
-    """asyncio + AsyncOpenAI with a concurrency limit: what a careful user writes by hand."""
+    """asyncio + AsyncOpenAI with a concurrency limit: what a careful user writes by hand. The
+    ceiling uses the SDK's aiohttp client, as the SDK advises for high concurrency (lmprog's
+    lp.OpenAI does too); `default_client=True` is the same script on the SDK's default httpx2
+    client, what most scripts use."""
 
     name = "asyncio + AsyncOpenAI (ceiling)"
+
+    def __init__(self, default_client: bool = False) -> None:
+        self.default_client = default_client
+        if default_client:
+            self.name = "asyncio + AsyncOpenAI (default httpx2 client)"
 
     def why_not(self, target: Target, workload: Workload) -> str | None:
         return _no_server(target)
@@ -253,7 +263,12 @@ class Ceiling:
     async def _run(
         self, target: Target, workload: Workload, batch: list[dict[str, Any]]
     ) -> Outcome:
-        client = openai.AsyncOpenAI(base_url=target.openai_url, api_key="none", max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=target.openai_url,
+            api_key="none",
+            max_retries=0,
+            http_client=None if self.default_client else openai.DefaultAioHttpClient(),
+        )
         limit = asyncio.Semaphore(target.concurrency or 64)
 
         async def complete(request: Req) -> str:
@@ -312,7 +327,7 @@ class Sequential:
 
 def all_tools() -> tuple[list[Tool], dict[str, str]]:
     """The tools to compare, and those that cannot run here (name -> why)."""
-    tools: list[Tool] = [Ceiling(), Lmprog(), Lmprog(native=True)]
+    tools: list[Tool] = [Ceiling(), Ceiling(default_client=True), Lmprog(), Lmprog(native=True)]
     missing = {}
     why = sglang_available()
     for native in (False, True):

@@ -35,13 +35,8 @@ class SamplingParams:
 
     def merged_over(self, defaults: SamplingParams) -> SamplingParams:
         """These settings, with `defaults` filling whatever is unset."""
-        values = {
-            f.name: getattr(self, f.name)
-            if getattr(self, f.name) is not None
-            else getattr(defaults, f.name)
-            for f in fields(self)
-        }
-        return SamplingParams(**values)
+        mine, theirs = self.__dict__, defaults.__dict__
+        return SamplingParams(**{k: v if v is not None else theirs[k] for k, v in mine.items()})
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SamplingParams:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,8 @@ EXECUTOR_THREADS = 4
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
+_finalizers: list[weakref.finalize[Any, Any]] = []  # HTTP sessions to close at exit
+_closing: set[asyncio.Task[Any]] = set()
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
@@ -55,9 +59,53 @@ def get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def running_or_lmprog_loop() -> asyncio.AbstractEventLoop:
+    """The loop this code runs on, or lmprog's (where a client made outside any loop is used)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return get_loop()
+
+
 def _stop_loop() -> None:
     if _loop is not None and _loop.is_running():
+        closes = []
+        for finalizer in _finalizers:
+            found = finalizer.detach()  # (owner, function, args, kwargs), None once it ran
+            if found is not None and found[2][0] is _loop:
+                closes.append(found[2][1])
+        if closes:
+            with contextlib.suppress(Exception):
+                submit(_close_all(closes)).result(timeout=2.0)
         _loop.call_soon_threadsafe(_loop.stop)
+
+
+async def _close_all(closes: list[Callable[[], Awaitable[Any]]]) -> None:
+    await asyncio.gather(*(close() for close in closes), return_exceptions=True)
+
+
+def close_with(
+    owner: object, on: asyncio.AbstractEventLoop, close: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run `close()` (an HTTP session's) on loop `on` once `owner` is garbage-collected, or at
+    exit before lmprog's loop stops, so no session is left for aiohttp to warn about."""
+    _finalizers[:] = [f for f in _finalizers if f.alive]
+    finalizer = weakref.finalize(owner, _close_later, on, close)
+    finalizer.atexit = False
+    _finalizers.append(finalizer)
+
+
+def _close_later(on: asyncio.AbstractEventLoop, close: Callable[[], Awaitable[Any]]) -> None:
+    if on.is_closed() or not on.is_running():
+        return
+
+    def start() -> None:
+        task = on.create_task(_close_all([close]))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        on.call_soon_threadsafe(start)
 
 
 def on_loop_thread() -> bool:

@@ -153,7 +153,8 @@ class ProgramState:
 
     def _wait_done(self) -> None:
         if self._done is not None and not loop.in_program_body():
-            loop.wait(_settled(self._done))
+            if not self._done.done():  # a finished program is read without a trip to the loop
+                loop.wait(_settled(self._done))
         else:
             self.sync()
 

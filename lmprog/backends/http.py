@@ -1,8 +1,8 @@
 """One pooled HTTP client per backend, with errors that say what to do.
 
-It is httpx2 (the openai SDK's transport, with httpx's API): httpx 0.28's connection pool
-scans every connection on every request, which took 60% of the CPU of a batch against a fast
-server; on httpx2 the same batch ran 3.5x faster (bench/compare.py, lp.SGLang, zero target).
+It is aiohttp: against a server that answers at once, httpx's connection pool (httpcore, also
+under httpx2) checks every pooled connection's socket on every request, which capped a batch at
+~700 requests/s on this project's benchmark machine; aiohttp sent ~7,000 (bench/compare.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2 as httpx
+import aiohttp
 
+from lmprog import loop as lmprog_loop
 from lmprog.budget import note_retry
 from lmprog.errors import (
     BackendError,
@@ -31,10 +32,10 @@ def _backoff(attempt: int) -> float:
     return float(min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.25))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(headers: Any) -> float | None:
     """The server's Retry-After in seconds (capped at 30 s), if it gave one."""
     try:
-        return min(30.0, float(response.headers["retry-after"]))
+        return min(30.0, float(headers["retry-after"]))
     except (KeyError, ValueError):
         return None
 
@@ -52,9 +53,14 @@ class Secret:
         return "'***'" if self._value else "None"
 
 
+class _Dropped(Exception):
+    """The connection failed or was dropped before an answer came: safe to send again."""
+
+
 class JsonClient:
     """POST/GET JSON and server-sent events against one server, mapping failures to lmprog
-    errors. The httpx client is created lazily, on the loop that first uses it."""
+    errors. The session is made on the loop that first uses it (again if another loop uses it
+    later) and closed when the client is, or when it is garbage-collected."""
 
     def __init__(
         self, base_url: str, server: str, timeout: float, api_key: Secret, max_retries: int = 3
@@ -62,23 +68,27 @@ class JsonClient:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.server = server
-        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self.timeout = timeout
         self._api_key = api_key
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self) -> aiohttp.ClientSession:
+        running = asyncio.get_running_loop()
+        session = self._session
+        if session is None or session.closed or self._session_loop is not running:
             key = self._api_key.reveal()
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url,
-                timeout=self.timeout,
-                headers={"Authorization": f"Bearer {key}"} if key else {},
+            session = aiohttp.ClientSession(
                 # idle connections go before the server closes them (llama.cpp: after 5 s)
-                limits=httpx.Limits(
-                    max_connections=256, max_keepalive_connections=64, keepalive_expiry=2.0
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=2.0),
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=min(self.timeout, 10.0), sock_read=self.timeout
                 ),
+                headers={"Authorization": f"Bearer {key}"} if key else {},
             )
-        return self._client
+            self._session, self._session_loop = session, running
+            lmprog_loop.close_with(self, running, session.close)
+        return session
 
     async def get(self, path: str) -> Any:
         return await self._request("GET", path, None)
@@ -87,42 +97,57 @@ class JsonClient:
         return await self._request("POST", path, body)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        data = None if body is None else json.dumps(body)
         attempt = 0
         while True:
             try:
-                response = await self._http().request(method, path, json=body)
-            except httpx.HTTPError as exc:
-                if not self._retry(exc, attempt):
-                    raise self._transport_error(exc, path) from exc
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-                    break
+                status, headers, text = await self._exchange(method, path, data)
+            except _Dropped as dropped:
+                if attempt >= self.max_retries:
+                    raise self._unavailable(dropped.__cause__, path) from dropped.__cause__
                 note_retry()
-                await asyncio.sleep(_retry_after(response) or _backoff(attempt))
+                await asyncio.sleep(_backoff(attempt))
                 attempt += 1
                 continue
+            if status not in RETRY_STATUSES or attempt >= self.max_retries:
+                break
             note_retry()
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(_retry_after(headers) or _backoff(attempt))
             attempt += 1
-        if response.status_code >= 400:
-            raise self._status_error(response.status_code, response.text, path)
+        if status >= 400:
+            raise self._status_error(status, text, path)
         try:
-            return response.json()
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise BackendResponseError(
                 f"{self.server} at {self.base_url}{path} sent a body that is not JSON: "
-                f"{response.text[:200]!r}"
+                f"{text[:200]!r}"
             ) from exc
 
-    def _retry(self, exc: httpx.HTTPError, attempt: int) -> bool:
-        """Retry what cannot have produced an answer: no connection, or one dropped before
-        the answer came (generation has no side effects). A read timeout is the user's bound
-        and is not stretched by retrying."""
-        if attempt >= self.max_retries:
-            return False
-        if isinstance(exc, httpx.TimeoutException):
-            return isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
-        return isinstance(exc, httpx.TransportError)
+    async def _exchange(self, method: str, path: str, data: str | None) -> tuple[int, Any, str]:
+        """One request: (status, headers, body text)."""
+        try:
+            async with self._http().request(
+                method, self.base_url + path, data=data, headers=_JSON if data else None
+            ) as response:
+                text = await response.text(errors="replace")
+                return response.status, response.headers, text
+        except aiohttp.ClientError as exc:
+            raise self._classify(exc, path) from exc
+        except asyncio.TimeoutError as exc:  # aiohttp's read timeout (not a ClientError)
+            raise self._timeout(path) from exc
+
+    def _classify(self, exc: aiohttp.ClientError, path: str) -> Exception:
+        """What cannot have produced an answer is retried: no connection, or one dropped
+        before the answer came (generation has no side effects). A read timeout is the
+        user's bound and is not stretched by retrying."""
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            return self._timeout(path)
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return _Dropped(str(exc))
+        return BackendError(
+            f"request to {self.server} at {self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+        )
 
     async def stream_events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         """POST and yield the JSON payload of each `data:` line of a server-sent event stream.
@@ -136,9 +161,9 @@ class JsonClient:
                     started = True
                     yield event
                 return
-            except httpx.HTTPError as exc:
-                if started or not self._retry(exc, attempt):
-                    raise self._transport_error(exc, path) from exc
+            except _Dropped as dropped:
+                if started or attempt >= self.max_retries:
+                    raise self._unavailable(dropped.__cause__, path) from dropped.__cause__
             except BackendResponseError as exc:
                 if started or exc.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
                     raise
@@ -147,36 +172,58 @@ class JsonClient:
             attempt += 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        async with self._http().stream("POST", path, json=body) as response:
-            if response.status_code >= 400:
-                text = (await response.aread()).decode(errors="replace")
-                raise self._status_error(response.status_code, text, path)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    return
-                try:
-                    yield json.loads(payload)
-                except json.JSONDecodeError as exc:
-                    raise BackendResponseError(
-                        f"{self.server} streamed a line that is not JSON: {payload[:200]!r}"
-                    ) from exc
+        try:
+            async with self._http().post(
+                self.base_url + path, data=json.dumps(body), headers=_JSON
+            ) as response:
+                if response.status >= 400:
+                    text = await response.text(errors="replace")
+                    raise self._status_error(response.status, text, path)
+                pending = b""
+                async for data in response.content.iter_any():
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        event = self._event(line)
+                        if event is _DONE:
+                            return
+                        if event is not None:
+                            yield event
+                event = self._event(pending)
+                if event is not None and event is not _DONE:
+                    yield event
+        except aiohttp.ClientError as exc:
+            raise self._classify(exc, path) from exc
+        except asyncio.TimeoutError as exc:
+            raise self._timeout(path) from exc
 
-    def _transport_error(self, exc: httpx.HTTPError, path: str) -> BackendError:
-        where = f"{self.server} at {self.base_url}{path}"
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeoutError(
-                f"{where} did not answer within {self.timeout.read}s; raise timeout= or check "
-                "the server's load"
-            )
-        if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
-            return BackendUnavailableError(
-                f"cannot reach {where} ({type(exc).__name__}: {exc}); is the server running "
-                "and is the URL right?"
-            )
-        return BackendError(f"request to {where} failed: {type(exc).__name__}: {exc}")
+    def _event(self, line: bytes) -> Any:
+        """The payload of one `data:` line: None for other lines, _DONE for [DONE]."""
+        text = line.decode(errors="replace").strip()
+        if not text.startswith("data:"):
+            return None
+        payload = text[5:].strip()
+        if payload == "[DONE]":
+            return _DONE
+        try:
+            return json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise BackendResponseError(
+                f"{self.server} streamed a line that is not JSON: {payload[:200]!r}"
+            ) from exc
+
+    def _timeout(self, path: str) -> BackendTimeoutError:
+        return BackendTimeoutError(
+            f"{self.server} at {self.base_url}{path} did not answer within {self.timeout}s; "
+            "raise timeout= or check the server's load"
+        )
+
+    def _unavailable(self, cause: BaseException | None, path: str) -> BackendUnavailableError:
+        why = f"{type(cause).__name__}: {cause}" if cause else "connection dropped"
+        return BackendUnavailableError(
+            f"cannot reach {self.server} at {self.base_url}{path} ({why}); is the server "
+            "running and is the URL right?"
+        )
 
     def _status_error(self, status: int, text: str, path: str) -> BackendResponseError:
         detail = text[:500]
@@ -191,6 +238,10 @@ class JsonClient:
         )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+_JSON = {"Content-Type": "application/json"}
+_DONE = object()
