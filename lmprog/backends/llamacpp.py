@@ -193,14 +193,17 @@ class LlamaCpp(Backend):
         grammar lets it take a non-canonical tokenization (" " + "paris" instead of " paris"),
         so each choice is forced token by token: prompt+choice is tokenized as a whole, the
         tokens it shares with the prompt are sent as the context (this also settles a word
-        that straddles the boundary), and a token-id grammar forces the rest. Choices go one
-        after another so they all reuse the slot that holds the prompt.
+        that straddles the boundary), and a token-id grammar forces the rest. The tokenizations
+        go out together; the forced choices one after another, so they all reuse the slot that
+        holds the prompt.
         """
         prompt = context.prompt
-        prompt_ids = [i for i, _ in await self._tokenize(prompt)]
+        tokenized = await asyncio.gather(
+            self._tokenize(prompt), *(self._tokenize(prompt + choice) for choice in choices)
+        )
+        prompt_ids = [i for i, _ in tokenized[0]]
         scored = []
-        for choice in choices:
-            full = await self._tokenize(prompt + choice)
+        for choice, full in zip(choices, tokenized[1:], strict=True):
             shared = shared_prefix_length(prompt_ids, [i for i, _ in full])
             before, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
             logprobs = await self._forced(before, ids)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx
@@ -73,6 +74,8 @@ _GRAMMARS: dict[Server, frozenset[str]] = {
     "sglang": frozenset({"gbnf"}),  # its `ebnf` field takes GBNF-style rules
 }
 _COMPLETION_MODELS = ("instruct", "davinci", "babbage", "text-")
+_SELF_HOSTED: dict[Server, str] = {"vllm": "vLLM", "llamacpp": "llama-server", "sglang": "SGLang"}
+_PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 # Idle connections are dropped after 2 s, before servers drop them (uvicorn and llama.cpp close
 # idle keep-alive connections after 5 s): reusing one the server had just closed could leave a
 # request waiting for an answer that never comes (seen with vLLM under a batch).
@@ -134,7 +137,9 @@ class OpenAI(Backend):
             "max_retries": max_retries,
             **client_kwargs,
         }
+        self._sdk_options = bool(client_kwargs)
         self._client: openai.AsyncOpenAI | None = None
+        self._api_client: JsonClient | None = None
         self._native_client: JsonClient | None = None
         self._detect_lock: asyncio.Lock | None = None
 
@@ -334,18 +339,10 @@ class OpenAI(Backend):
         echoed: str = "",
     ) -> Generation:
         """Send one request; `echoed` is text the server repeats before its answer."""
-        endpoint = self.client.chat.completions if kind == "chat" else self.client.completions
-        try:
-            if on_text is None:
-                generation = _generation(await endpoint.create(**body), kind)
-            else:
-                generation = await self._stream(endpoint, body, kind, _Skip(echoed, on_text))
-        except openai.OpenAIError as exc:
-            raise _sdk_error(self, exc) from exc
-        except ValueError as exc:  # the SDK's JSON decoding of a body that is not JSON
-            raise BackendResponseError(
-                f"{self.name} sent a body that is not the JSON it should be: {exc}"
-            ) from exc
+        if on_text is None:
+            generation = _generation(await self._create(kind, body), kind)
+        else:
+            generation = await self._stream(kind, body, _Skip(echoed, on_text))
         if echoed:
             if not generation.text.startswith(echoed):
                 raise BackendResponseError(
@@ -354,21 +351,19 @@ class OpenAI(Backend):
             generation.text = generation.text[len(echoed) :]
         return generation
 
-    async def _stream(
-        self, endpoint: Any, body: dict[str, Any], kind: str, on_text: TextCallback
-    ) -> Generation:
-        stream = await endpoint.create(**body, stream=True, stream_options={"include_usage": True})
+    async def _stream(self, kind: str, body: dict[str, Any], on_text: TextCallback) -> Generation:
         pieces: list[str] = []
         finish: str | None = None
         usage: Any = None
-        async for chunk in stream:
-            usage = chunk.usage or usage
-            for choice in chunk.choices:
-                piece = choice.delta.content if kind == "chat" else choice.text
+        async for chunk in self._create_stream(kind, body):
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                piece = delta.get("content") if kind == "chat" else choice.get("text")
                 if piece:
                     pieces.append(piece)
                     on_text(piece)
-                finish = choice.finish_reason or finish
+                finish = choice.get("finish_reason") or finish
         if finish is None:
             raise BackendResponseError(
                 f"{self.name}'s stream ended before the answer did (no finish_reason); "
@@ -376,16 +371,75 @@ class OpenAI(Backend):
             )
         return Generation("".join(pieces), finish, *_usage(usage))
 
+    # ----- transport: lmprog's JSON client for self-hosted engines, else the SDK -----------
+
+    def _direct(self) -> bool:
+        """vLLM, llama.cpp and SGLang servers are sent plain JSON by lmprog's own client: the
+        SDK's request building and response parsing were 4/5 of the client's time per request
+        against a fast server. The OpenAI API, other servers, and SDK options given as
+        keyword arguments keep the SDK."""
+        return self._server in _SELF_HOSTED and not self._sdk_options
+
+    def _api(self) -> JsonClient:
+        if self._api_client is None:
+            assert self.base_url is not None and self._server is not None
+            self._api_client = JsonClient(
+                self.base_url,
+                _SELF_HOSTED[self._server],
+                self._client_args["timeout"],
+                self._api_key,
+                self._client_args["max_retries"],
+            )
+        return self._api_client
+
+    async def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request to /completions or /chat/completions; the answer as JSON."""
+        if self._direct():
+            answer = await self._api().post(_PATHS[kind], _flat(body))
+            if not isinstance(answer, dict):
+                raise BackendResponseError(f"{self.name} answered {str(answer)[:200]!r}")
+            return answer
+        endpoint: Any = self.client.chat.completions if kind == "chat" else self.client.completions
+        try:
+            response = await endpoint.create(**body)
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        except ValueError as exc:  # the SDK's JSON decoding of a body that is not JSON
+            raise BackendResponseError(
+                f"{self.name} sent a body that is not the JSON it should be: {exc}"
+            ) from exc
+        return response.model_dump()  # type: ignore[no-any-return]
+
+    async def _create_stream(
+        self, kind: str, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The chunks of one streamed request, as JSON."""
+        options = {"stream_options": {"include_usage": True}}
+        if self._direct():
+            events = self._api().stream_events(
+                _PATHS[kind], {**_flat(body), **options, "stream": True}
+            )
+            async for event in events:
+                yield event
+            return
+        endpoint: Any = self.client.chat.completions if kind == "chat" else self.client.completions
+        try:
+            stream = await endpoint.create(**body, **options, stream=True)
+            async for chunk in stream:
+                yield chunk.model_dump()
+        except openai.OpenAIError as exc:
+            raise _sdk_error(self, exc) from exc
+        except ValueError as exc:
+            raise BackendResponseError(
+                f"{self.name} streamed a chunk that is not the JSON it should be: {exc}"
+            ) from exc
+
     async def warm(self, prompt: str) -> None:
         """vLLM and SGLang share one prefix cache between requests: compute the prefix once."""
         if self.is_chat_model or await self.server() not in ("vllm", "sglang"):
             return
-        try:
-            await self.client.completions.create(
-                model=self.model, prompt=prompt, max_tokens=1, temperature=0.0
-            )
-        except openai.OpenAIError as exc:
-            raise _sdk_error(self, exc) from exc
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
+        await self._create("completion", body)
 
     # ----- select ----------------------------------------------------------------------------
 
@@ -432,30 +486,58 @@ class OpenAI(Backend):
     async def _prompt_logprobs(
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        """Exact scores from vLLM's prompt logprobs, all choices in one request.
+        """Exact scores from vLLM's prompt logprobs: two requests at once, whatever the choices.
 
-        prompt+choice is tokenized as a whole and the tokens after those it shares with the
-        prompt are the choice's (a word straddling the boundary is settled the way the model
-        would read it); they are sent as token ids, so nothing is tokenized twice.
+        Every prompt+choice goes as text in one scoring request, whose prompt logprobs name the
+        token ids the server read; the prompt alone is tokenized beside it, and a choice's
+        tokens are those after the ones it shares with the prompt (a word straddling the
+        boundary is settled the way the model reads it).
         """
-        prompt_ids = await self._tokenize(context.prompt)
-        fulls = [await self._tokenize(context.prompt + choice) for choice in choices]
-        starts = [shared_prefix_length(prompt_ids, full) for full in fulls]
-        conditional = await self._score_ids(fulls, starts)
-        unconditional: list[tuple[tuple[str, ...], tuple[float, ...]]] = []
+        prompt_ids, fulls = await asyncio.gather(
+            self._tokenize(context.prompt),
+            self._score_texts([context.prompt + choice for choice in choices]),
+        )
+        scored, own_ids = [], []
+        for choice, full in zip(choices, fulls, strict=True):
+            ids = [prompt_ids[0] if prompt_ids else -1] + [token for token, _, _ in full[1:]]
+            start = max(1, shared_prefix_length(prompt_ids, ids))  # the first has no logprob
+            own = full[start:]
+            own_ids.append([token for token, _, _ in own])
+            scored.append(
+                ChoiceLogprobs(
+                    choice, tuple(lp for _, lp, _ in own), tuple(piece for _, _, piece in own)
+                )
+            )
         if method.requires_unconditional_logprobs:
             bos = (await self._tokenize(""))[:1]
-            alone = [bos + full[start:] for full, start in zip(fulls, starts, strict=True)]
+            alone = [bos + ids for ids in own_ids]
             unconditional = await self._score_ids(alone, [len(bos)] * len(alone))
-        return [
-            ChoiceLogprobs(
-                choice,
-                conditional[i][1],
-                conditional[i][0],
-                unconditional[i][1] if unconditional else None,
-            )
-            for i, choice in enumerate(choices)
-        ]
+            scored = [
+                ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, logprobs)
+                for c, (_, logprobs) in zip(scored, unconditional, strict=True)
+            ]
+        return scored
+
+    async def _score_texts(self, texts: list[str]) -> list[list[tuple[int, float, str]]]:
+        """(token id, logprob, piece) of every token of each text but the first, teacher-forced,
+        in one request; position 0 is a placeholder (-1, 0.0, "")."""
+        response = await self._create("completion", _scoring_body(self.model, texts))
+        results: list[list[tuple[int, float, str]]] = [[] for _ in texts]
+        try:
+            for choice in response["choices"]:
+                entries = choice.get("prompt_logprobs")
+                if entries is None:
+                    raise BackendResponseError(f"{self.name} returned no prompt logprobs")
+                read = [(-1, 0.0, "")]
+                for entry in entries[1:]:
+                    ((token, info),) = entry.items()  # prompt_logprobs=0: the read token only
+                    read.append((int(token), float(info["logprob"]), str(info["decoded_token"])))
+                results[choice["index"]] = read
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise BackendResponseError(
+                f"{self.name} sent prompt logprobs lmprog could not read: {exc!r}"
+            ) from exc
+        return results
 
     async def _tokenize(self, text: str) -> list[int]:
         assert self.base_url is not None
@@ -475,27 +557,24 @@ class OpenAI(Backend):
         self, prompts: list[list[int]], starts: list[int]
     ) -> list[tuple[tuple[str, ...], tuple[float, ...]]]:
         """(pieces, logprobs) of prompts[i][starts[i]:], teacher-forced, in one request."""
-        try:
-            response = await self.client.completions.create(
-                model=self.model,
-                prompt=prompts,
-                max_tokens=1,
-                temperature=0.0,
-                extra_body={"prompt_logprobs": 0},
-            )
-        except openai.OpenAIError as exc:
-            raise _sdk_error(self, exc) from exc
+        response = await self._create("completion", _scoring_body(self.model, prompts))
         results: list[tuple[tuple[str, ...], tuple[float, ...]]] = [((), ())] * len(prompts)
-        for choice in response.choices:
-            entries = getattr(choice, "prompt_logprobs", None)
-            if entries is None:
-                raise BackendResponseError(f"{self.name} returned no prompt logprobs")
-            ids, start = prompts[choice.index], starts[choice.index]
-            picked = [entries[k][str(ids[k])] for k in range(start, len(ids))]
-            results[choice.index] = (
-                tuple(str(p["decoded_token"]) for p in picked),
-                tuple(float(p["logprob"]) for p in picked),
-            )
+        try:
+            for choice in response["choices"]:
+                entries = choice.get("prompt_logprobs")
+                if entries is None:
+                    raise BackendResponseError(f"{self.name} returned no prompt logprobs")
+                index = choice["index"]
+                ids, start = prompts[index], starts[index]
+                picked = [entries[k][str(ids[k])] for k in range(start, len(ids))]
+                results[index] = (
+                    tuple(str(p["decoded_token"]) for p in picked),
+                    tuple(float(p["logprob"]) for p in picked),
+                )
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise BackendResponseError(
+                f"{self.name} sent prompt logprobs lmprog could not read: {exc!r}"
+            ) from exc
         return results
 
     # ----- embeddings --------------------------------------------------------------------------
@@ -511,8 +590,9 @@ class OpenAI(Backend):
         if self._client is not None:
             await self._client.close()
             self._client = None
-        if self._native_client is not None:
-            await self._native_client.aclose()
+        for client in (self._api_client, self._native_client):
+            if client is not None:
+                await client.aclose()
 
 
 class VLLM(OpenAI):
@@ -664,43 +744,58 @@ def _message(message: dict[str, Any], request: GenerateRequest) -> dict[str, Any
     return {"role": message["role"], "content": parts}
 
 
+def _scoring_body(model: str, prompts: list[str] | list[list[int]]) -> dict[str, Any]:
+    """A completions request that only reads its prompts (vLLM's prompt logprobs)."""
+    return {
+        "model": model,
+        "prompt": prompts,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "extra_body": {"prompt_logprobs": 0},
+    }
+
+
+def _flat(body: dict[str, Any]) -> dict[str, Any]:
+    """An SDK call's keyword arguments as the JSON body it sends (extra_body merged in)."""
+    flat = {k: v for k, v in body.items() if k != "extra_body"}
+    flat.update(body.get("extra_body") or {})
+    return flat
+
+
 def _usage(usage: Any) -> tuple[int | None, int | None, int | None]:
-    if usage is None:
+    if not isinstance(usage, dict):
         return None, None, None
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
-    return usage.prompt_tokens, usage.completion_tokens, cached
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), cached
 
 
-def _generation(response: Any, kind: str) -> Generation:
-    if not response.choices:
-        raise BackendResponseError("the server answered with no choices")
-    choice = response.choices[0]
-    text = choice.message.content if kind == "chat" else choice.text
-    return Generation(
-        text or "",
-        choice.finish_reason,
-        *_usage(response.usage),
-        logprobs=_logprobs(choice.logprobs),
-    )
+def _generation(response: dict[str, Any], kind: str) -> Generation:
+    try:
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if kind == "chat" else choice["text"]
+        return Generation(
+            text or "",
+            choice.get("finish_reason"),
+            *_usage(response.get("usage")),
+            logprobs=_logprobs(choice.get("logprobs")),
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise BackendResponseError(
+            f"the server answered without a usable choice ({exc!r}): {str(response)[:200]}"
+        ) from exc
 
 
 def _logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
     """Both shapes: chat's `content[i] = {token, logprob, top_logprobs}` (also what
     llama-server returns on completions) and the legacy completions lists."""
-    if logprobs is None:
+    if not isinstance(logprobs, dict):
         return None
-    content = getattr(logprobs, "content", None)
+    content = logprobs.get("content")
     if content:
-        return [
-            {
-                "token": item.token if hasattr(item, "token") else item["token"],
-                "logprob": item.logprob if hasattr(item, "logprob") else item["logprob"],
-            }
-            for item in content
-        ]
-    tokens = getattr(logprobs, "tokens", None) or []
-    values = getattr(logprobs, "token_logprobs", None) or []
+        return [{"token": item["token"], "logprob": item["logprob"]} for item in content]
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
     return [{"token": t, "logprob": v} for t, v in zip(tokens, values, strict=False)]
 
 
