@@ -177,7 +177,7 @@ class Engine:
                 )
             cache, logits, hit = self.prefill(job.prompt_ids, keep=1)
             job.logits, job.cached_tokens = logits[-1], hit
-            job.generator = seeded_generator(job.sampling.seed)
+            job.generator = seeded_generator(job.sampling.seed, self.device)
         except Exception as exc:
             job.on_done(exc)
             return
@@ -209,7 +209,8 @@ class Engine:
         """Log-probability of each token of `target` following `context` (non-empty)."""
         _, logits, _ = self.prefill(context + target, keep=len(target) + 1)
         logprobs = torch.log_softmax(logits[:-1], dim=-1)
-        return [float(logprobs[i, token]) for i, token in enumerate(target)]
+        chosen = torch.tensor(target, device=logprobs.device)[:, None]
+        return [float(v) for v in logprobs.gather(1, chosen)[:, 0].tolist()]  # one GPU sync
 
     def _join(self, job: Job, cache: DynamicCache) -> None:
         if self._batch is None:
@@ -262,9 +263,9 @@ class Engine:
             job.sampling.min_tokens or 0
         )
         if job.constraint is not None:
-            allowed = torch.zeros(raw.shape[-1], dtype=torch.bool)
+            allowed = torch.zeros(raw.shape[-1], dtype=torch.bool, device=raw.device)
             job.constraint.fill_mask(allowed)
-            logits = logits.masked_fill(~allowed.to(raw.device), float("-inf"))
+            logits = logits.masked_fill(~allowed, float("-inf"))
         if forbidden_eos:
             logits = logits.clone()
             logits[list(self.eos_token_ids)] = float("-inf")
@@ -381,9 +382,11 @@ class Engine:
         """Feed each row its newest token; every row gets its next logits."""
         width = batch.width
         tokens = torch.tensor([[job.generated[-1]] for job in batch.jobs], device=self.device)
-        mask = torch.ones(len(batch.jobs), width + 1, dtype=torch.long, device=self.device)
-        for row, pad in enumerate(batch.pads):
-            mask[row, :pad] = 0
+        mask = None  # no padding: transformers' causal path, without building a 4D mask
+        if any(batch.pads):
+            pads = torch.tensor(batch.pads, dtype=torch.long, device=self.device)
+            columns = torch.arange(width + 1, device=self.device)
+            mask = (columns[None, :] >= pads[:, None]).long()  # 0 on each row's left padding
         positions = torch.tensor(
             [[width - pad] for pad in batch.pads], dtype=torch.long, device=self.device
         )

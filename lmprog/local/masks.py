@@ -49,7 +49,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +94,6 @@ _START_ANCHOR = re.compile(r"\A(?:\^|\\A)")
 _MAY_MATCH_MARKER = re.compile(r"(?<!\\)(?:\\\\)*(?:\.|\[\^|\\[DWSPpxuU])|[\U00100000-\U0010ffff]")
 _END_ANCHOR = re.compile(r"(?<!\\)((?:\\\\)*)(?:\$|\\z)\Z")  # unescaped, at the very end
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 _OUTLINES_VERSION = importlib.metadata.version("outlines-core")  # in the cache key: Index format
 
 
@@ -414,8 +413,9 @@ class ConstraintState(ABC):
         self._ended = False  # an EOS was consumed
 
     def fill_mask(self, allowed: torch.Tensor) -> None:
-        """Write the next-token mask into `allowed` (bool, [vocab_size]): True = allowed; EOS
-        is allowed iff the text so far is complete."""
+        """Write the next-token mask into `allowed` (bool, [vocab_size], on any device): True =
+        allowed; EOS is allowed iff the text so far is complete. Only the packed bits cross to
+        a GPU (32x fewer bytes), and they are unpacked there."""
         if self._ended:
             allowed.zero_()
         else:
@@ -519,9 +519,17 @@ def _bitmask(vocab_size: int) -> torch.Tensor:
 
 
 def _unpack(bits: torch.Tensor, allowed: torch.Tensor) -> None:
-    """Bitmask words -> one bool per token, with tensor ops (~0.2 ms for 262k tokens)."""
-    unpacked = torch.bitwise_and(torch.bitwise_right_shift(bits.unsqueeze(1), _SHIFTS), 1)
+    """Bitmask words -> one bool per token, with tensor ops on `allowed`'s device (~0.2 ms
+    for 262k tokens on a CPU)."""
+    bits, shifts = bits.to(allowed.device), _shifts(allowed.device)
+    unpacked = torch.bitwise_and(torch.bitwise_right_shift(bits.unsqueeze(1), shifts), 1)
     allowed.copy_(unpacked.view(-1)[: allowed.shape[0]] != 0)
+
+
+@cache
+def _shifts(device: torch.device) -> torch.Tensor:
+    """0..31, the bit positions of a mask word, on `device` (made once per device)."""
+    return torch.arange(32, dtype=torch.int32, device=device)
 
 
 def _digest(*parts: object) -> str:

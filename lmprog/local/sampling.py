@@ -20,8 +20,8 @@ def penalised(logits: torch.Tensor, sampling: SamplingParams, generated: list[in
     if not generated or (frequency == 0.0 and presence == 0.0):
         return logits
     counts = Counter(generated)
-    ids = torch.tensor(list(counts), dtype=torch.long)
-    amounts = torch.tensor([counts[i] for i in counts], dtype=logits.dtype)
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)
+    amounts = torch.tensor([counts[i] for i in counts], dtype=logits.dtype, device=logits.device)
     out = logits.clone()
     out[ids] -= frequency * amounts + presence
     return out
@@ -49,11 +49,12 @@ def choose(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def seeded_generator(seed: int | None) -> torch.Generator | None:
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A private generator for a seeded request, so its samples do not depend on what else
-    is decoded in the same batch."""
+    is decoded in the same batch. It lives on the logits' device: torch.multinomial refuses a
+    CPU generator for CUDA probabilities."""
     if seed is None:
         return None
-    generator = torch.Generator()
+    generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
