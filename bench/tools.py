@@ -169,6 +169,8 @@ class SGLangFrontend:
     def why_not(self, target: Target, workload: Workload) -> str | None:
         if target.openai_url is None:
             return "no server: lp.Local runs in lmprog's process"
+        if self.programs.get(workload.name) is None:
+            return "SGLang's select has no constrained-decoding method"
         if self.native and not target.sglang_native:
             return f"the {target.name} target has no SGLang /generate API for RuntimeEndpoint"
         if self.native:

@@ -219,12 +219,20 @@ def programs(m: Any) -> dict[str, Any]:
         s += "".join(f"Idea {k + 1}:{forks[k]['idea']}\n" for k in range(4))
         s += "Summary:" + m.gen("summary", max_tokens=16, stop="\n")
 
-    @m.function
-    def select(s: Any, tag: str, i: int) -> None:
-        s += f"{head(tag)}{LABELS}Review: {REVIEWS[i % len(REVIEWS)]}\nSentiment:"
-        s += m.select("sentiment", choices=list(SENTIMENT))
-        s += "\nTopic:" + m.select("topic", choices=list(TOPIC))
-        s += "\nRecommend:" + m.select("recommend", choices=list(RECOMMEND))
+    def classify(**method: Any) -> Any:
+        @m.function
+        def select(s: Any, tag: str, i: int) -> None:
+            s += f"{head(tag)}{LABELS}Review: {REVIEWS[i % len(REVIEWS)]}\nSentiment:"
+            s += m.select("sentiment", choices=list(SENTIMENT), **method)
+            s += "\nTopic:" + m.select("topic", choices=list(TOPIC), **method)
+            s += "\nRecommend:" + m.select("recommend", choices=list(RECOMMEND), **method)
+
+        return select
+
+    select = classify()
+    # lmprog only: the engine picks under a choice constraint, as the hand-written clients do
+    decoded = getattr(m, "constrained_decoding", None)
+    select_decoded = classify(choices_method=decoded) if decoded else None
 
     @m.function
     def json_extract(s: Any, tag: str, i: int) -> None:
@@ -246,6 +254,7 @@ def programs(m: Any) -> dict[str, Any]:
         "multi_turn": multi_turn,
         "fork": fork,
         "select": select,
+        "select_decoded": select_decoded,
         "json": json_extract,
         "react": react,
     }
@@ -263,6 +272,11 @@ WORKLOADS = [
     Workload("multi_turn", "few-shot prefix + 3 sequential gens", multi_turn_script),
     Workload("fork", "shared prefix, fork of 4, final gen", fork_script),
     Workload("select", "3 selects per program (classification)", select_script),
+    Workload(
+        "select_decoded",
+        "the same, lp.constrained_decoding (lmprog only)",
+        select_script,
+    ),
     Workload("json", "JSON extraction with a schema", json_script),
     Workload("react", "ReAct loop (up to 3 tool calls)", react_script),
 ]

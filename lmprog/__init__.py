@@ -24,6 +24,7 @@ from lmprog.backends.sglang import RuntimeEndpoint, SGLang
 from lmprog.budget import Budget, BudgetExceededError
 from lmprog.cache_report import CacheReport, cache_report
 from lmprog.choices import (
+    constrained_decoding,
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,
@@ -130,6 +131,7 @@ __all__ = [
     "assistant_begin",
     "assistant_end",
     "cache_report",
+    "constrained_decoding",
     "embed",
     "flush_cache",
     "function",

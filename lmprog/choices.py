@@ -42,6 +42,7 @@ class ChoicesMethod:
 
     name = "method"
     requires_unconditional_logprobs = False
+    decodes = False  # the engine picks under a constraint instead of scoring every choice
 
     def scores(self, scored: list[ChoiceLogprobs]) -> list[float]:
         raise NotImplementedError
@@ -124,9 +125,23 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
         return info
 
 
+class ConstrainedDecoding(ChoicesMethod):
+    """The engine decodes one of the choices under a choice constraint (greedy at temperature
+    0): one ordinary request that reuses the prefix cache, where scoring reads every choice's
+    logprobs. The cheapest select, but a decoding, not a comparison of whole choices: the best
+    first token wins. Scores are 0 for the pick and -inf for the others."""
+
+    name = "constrained_decoding"
+    decodes = True
+
+    def scores(self, scored: list[ChoiceLogprobs]) -> list[float]:
+        return [c.normalized for c in scored]
+
+
 token_length_normalized = TokenLengthNormalized()
 greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
+constrained_decoding = ConstrainedDecoding()
 
 ALL_METHODS = frozenset(
     m.name

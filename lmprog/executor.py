@@ -9,6 +9,7 @@ when the parent's log reaches the fork point, and run as tasks of their own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import httpx
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart, TextCallback
 from lmprog.cache_report import CacheRow
+from lmprog.choices import ChoiceLogprobs
 from lmprog.constraints import Constraint, choices_constraint
 from lmprog.errors import ConstraintError, LmprogError, ProgramError, UnsupportedFeatureError
 from lmprog.ir import (
@@ -160,7 +162,10 @@ class Execution:
             if not self._validates(node):
                 self.backend.check_constraint(node.constraint)
         elif isinstance(node, Select):
-            self.backend.check_choices_method(node.method)
+            if node.method.decodes:
+                self.backend.check_constraint(choices_constraint(list(node.choices)))
+            else:
+                self.backend.check_choices_method(node.method)
         elif isinstance(node, Image):
             self.backend.check_images()
 
@@ -594,7 +599,10 @@ class Execution:
             backend=self.tracer.root.attributes["backend"], choices=len(node.choices),
         )  # fmt: skip
         try:
-            scored = await self.backend.score_choices(context, node.choices, node.method)
+            if node.method.decodes:
+                scored = await self._decode_choice(context, node)
+            else:
+                scored = await self.backend.score_choices(context, node.choices, node.method)
         except BaseException as exc:
             span.finish(exc)
             raise
@@ -619,6 +627,28 @@ class Execution:
                 "latency_s": time.perf_counter() - started,
             }
             self._attach_reasoning(node.name)
+
+    async def _decode_choice(self, context: GenerateRequest, node: Select) -> list[ChoiceLogprobs]:
+        """lp.constrained_decoding: one generation under a choice constraint picks the choice."""
+        request = dataclasses.replace(
+            context,
+            sampling=SamplingParams(
+                max_new_tokens=max(len(c) for c in node.choices) + 8,
+                temperature=node.temperature,
+            ),
+            constraint=choices_constraint(list(node.choices)),
+        )
+        picked = (await self.backend.generate(request)).text
+        if picked not in node.choices:
+            raise ConstraintError(
+                f"the engine decoded {picked[:80]!r} under a constraint to {len(node.choices)} "
+                "choices, and it is none of them"
+            )
+        path = self.backend.capabilities.enforcement
+        return [
+            ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,), path=path)
+            for c in node.choices
+        ]
 
     def _attach_reasoning(self, name: str) -> None:
         if self._reasoning is not None:

@@ -74,8 +74,10 @@ def gemma(gemma_server: lp.Runtime) -> lp.LlamaCpp:
 
 @pytest.fixture(scope="session")
 def tiny_local() -> Iterator[lp.Local]:
-    """lp.Local on the tiny model's transformers folder (the same weights as the GGUF)."""
-    backend = lp.Local(tiny_model_dir())
+    """lp.Local on the tiny model's transformers folder (the same weights as the GGUF), on the
+    CPU in float32 even where a GPU is (the tests compare it with CPU references;
+    tests/integration/test_local_cuda.py covers CUDA)."""
+    backend = lp.Local(tiny_model_dir(), device="cpu")
     yield backend
     backend.shutdown()
 

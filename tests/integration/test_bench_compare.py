@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = {"one_gen", "multi_turn", "fork", "select", "json", "react"}
+WORKLOADS = {"one_gen", "multi_turn", "fork", "select", "select_decoded", "json", "react"}
 CEILING = "asyncio + AsyncOpenAI (ceiling)"
 
 
@@ -57,7 +57,9 @@ def test_compare_runs_every_workload_on_the_zero_latency_server(tmp_path: Path) 
         return
     assert "logit_bias" in openai_backend["select"]["why_not"]
     assert "json_schema" in openai_backend["json"]["why_not"]
-    for workload in WORKLOADS:
+    for frontend in (openai_backend, native):  # SGLang has no constrained-decoding select
+        assert "constrained-decoding" in frontend["select_decoded"]["why_not"]
+    for workload in WORKLOADS - {"select_decoded"}:
         (sample,) = native[workload]["samples"]
         assert sample["errors"] == [], (workload, sample["errors"])
-    assert (tmp_path / "compare.md").read_text().count("n/a (") == 2
+    assert (tmp_path / "compare.md").read_text().count("n/a (") == 4

@@ -103,8 +103,8 @@ def test_fork_branches_decode_together_on_cuda(cuda_default: lp.Local) -> None:
     def branches(s):
         s += "shared prefix\n"
         forks = s.fork(6)
-        forks += lambda i: f"branch {i}:" + lp.gen(
-            "out", max_tokens=24, temperature=0, ignore_eos=True
+        forks += lambda i: (
+            f"branch {i}:" + lp.gen("out", max_tokens=24, temperature=0, ignore_eos=True)
         )
         forks.join()
         return [f.get_meta_info("out")["completion_tokens"] for f in forks]

@@ -85,6 +85,25 @@ def test_select_drives_control_flow(backend: lp.Backend) -> None:
         assert state.text() == f"Item {i} is" + tail
 
 
+def test_select_by_constrained_decoding_is_the_constrained_gen(backend: lp.Backend) -> None:
+    choices = [" red", " green", " blue"]
+
+    @lp.function
+    def both(s, i):
+        s += f"Item {i} is"
+        with s.copy() as c:
+            c += lp.gen("gen", regex="( red| green| blue)", temperature=0)  # the same language
+            s["gen"] = c["gen"]
+        s += lp.select("kind", choices, choices_method=lp.constrained_decoding)
+
+    for state in both.run_batch([(i,) for i in range(4)], backend=backend):
+        assert state.error() is None, state.error()
+        assert state["kind"] == state["gen"]  # both a greedy decoding within the same strings
+        meta = state.get_meta_info("kind")
+        assert meta["constraint_path"] == backend.capabilities.enforcement
+        assert sorted(meta["scores"]) == [float("-inf"), float("-inf"), 0.0]
+
+
 def test_greedy_output_equals_a_raw_request(backend: lp.Backend, raw_completion) -> None:
     @lp.function
     def ramble(s):

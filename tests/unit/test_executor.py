@@ -166,6 +166,41 @@ def test_every_choices_method_picks_a_choice(method) -> None:
     assert pick.run(backend=ScriptedBackend())["c"] == "a"
 
 
+def test_constrained_decoding_sends_one_generation_under_a_choice_constraint() -> None:
+    backend = ScriptedBackend(lambda request: "b")
+
+    @lp.function
+    def pick(s):
+        s += "Pick:" + lp.select("c", ["a", "b"], choices_method=lp.constrained_decoding)
+
+    state = pick.run(backend=backend)
+    assert state["c"] == "b" and state.text() == "Pick:b"
+    (request,) = backend.requests
+    assert request.constraint is not None and request.constraint.choices == ("a", "b")
+    assert request.sampling.temperature == 0.0
+    assert state.get_meta_info("c")["scores"] == [float("-inf"), 0.0]
+
+
+def test_constrained_decoding_refuses_an_answer_outside_the_choices() -> None:
+    @lp.function
+    def pick(s):
+        s += "Pick:" + lp.select("c", ["a", "b"], choices_method=lp.constrained_decoding)
+
+    error = pick.run(backend=ScriptedBackend(lambda request: "c")).error()
+    assert isinstance(error.cause, lp.ConstraintError) and "none of them" in str(error)
+
+
+def test_constrained_decoding_needs_a_backend_that_enforces_choices() -> None:
+    backend = lp.OpenAI("davinci-002", base_url="http://127.0.0.1:9/v1", server="generic")
+
+    @lp.function
+    def pick(s):
+        s += "Pick:" + lp.select("c", ["a", "b"], choices_method=lp.constrained_decoding)
+
+    error = pick.run(backend=backend).error()
+    assert isinstance(error.cause, lp.UnsupportedFeatureError), error
+
+
 class City(pydantic.BaseModel):
     name: str
     population: int
@@ -496,8 +531,9 @@ def test_sglang_spellings_role_methods_with_an_argument_and_per_branch_lists() -
         forks += [lp.assistant("red"), lp.assistant("blue")]
         forks[1] += lp.user("Sure?")  # SGLang's per-branch idiom (needs ForkGroup.__setitem__)
         forks.join()
-        s += lp.user("Pick:") + lp.assistant(lp.gen("pick", choices=["a", "b"],
-                                                     choices_method=lp.greedy_token_selection))
+        s += lp.user("Pick:") + lp.assistant(
+            lp.gen("pick", choices=["a", "b"], choices_method=lp.greedy_token_selection)
+        )
 
     state = prog.run(backend=ScriptedBackend())
     assert state.error() is None, state.error()
