@@ -76,7 +76,7 @@ def zero() -> Target:
         "zero",
         "vllm",
         64,
-        400,
+        1000,
         lp.OpenAI("zero", base_url=url + "/v1", max_retries=0),
         sglang_native=True,
         stop=stop,
