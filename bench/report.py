@@ -112,6 +112,10 @@ def pivot(rows: list[Row]) -> str:
                 mark = reasons.setdefault(str(why), f"n/a [{len(reasons) + 1}]")
                 out.append(mark)
                 continue
+            if any(sample.errors for sample in row.samples):  # a rate of failures means nothing
+                failed = max(len(sample.errors) for sample in row.samples)
+                out.append(f"failed ({failed:,} of {best.programs:,} programs)")
+                continue
             cell = f"{row.rate:,.1f}" + ("" if row.ratio is None else f" ({row.ratio:.2f}x)")
             if best.prompt_sent is not None and best.prompt_cached is not None:
                 cell += f" · {best.prompt_sent - best.prompt_cached:,.0f}/{best.prompt_sent:,.0f}"

@@ -3,8 +3,8 @@
 It speaks what the benchmarked tools send: vLLM's flavour of the OpenAI API (`/version` makes
 lmprog treat it as vLLM: `structured_outputs`, `/tokenize`, prompt logprobs) and SGLang's
 native `/generate` (for SGLang's RuntimeEndpoint). Plain gens answer ANSWER; a choice
-constraint answers its first choice; a JSON schema answers a small instance of the schema;
-logprobs are -1 per token. Tokens are whitespace-led words (ids from crc32).
+constraint (or a regex alternation) answers its first choice; a JSON schema answers a small
+instance of the schema; logprobs are -1 per token. Tokens are whitespace-led words (ids from crc32).
 
 It is one asyncio process with keep-alive HTTP/1.1, so that it costs a small fraction of what a
 client spends per request: `python bench/zero_server.py` prints its URL and serves until killed.
@@ -48,6 +48,8 @@ def answer(body: dict[str, Any], sampling: dict[str, Any]) -> str:
         return json.dumps(instance(json.loads(schema) if isinstance(schema, str) else schema))
     if sampling.get("max_new_tokens") == 0:
         return ""
+    if "regex" in sampling:  # lmprog sends choices as an alternation of escaped literals
+        return re.sub(r"\\(.)", r"\1", re.split(r"(?<!\\)\|", str(sampling["regex"]))[0])
     return ANSWER
 
 
