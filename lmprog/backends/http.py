@@ -84,7 +84,7 @@ class JsonClient:
                 timeout=aiohttp.ClientTimeout(
                     sock_connect=min(self.timeout, 10.0), sock_read=self.timeout
                 ),
-                headers={"Authorization": f"Bearer {key}"} if key else {},
+                headers={**_JSON, **({"Authorization": f"Bearer {key}"} if key else {})},
             )
             self._session, self._session_loop = session, running
             lmprog_loop.close_with(self, running, session.close)
@@ -97,7 +97,7 @@ class JsonClient:
         return await self._request("POST", path, body)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        data = None if body is None else json.dumps(body)
+        data = None if body is None else json.dumps(body).encode()
         attempt = 0
         while True:
             try:
@@ -124,12 +124,10 @@ class JsonClient:
                 f"{text[:200]!r}"
             ) from exc
 
-    async def _exchange(self, method: str, path: str, data: str | None) -> tuple[int, Any, str]:
+    async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, str]:
         """One request: (status, headers, body text)."""
         try:
-            async with self._http().request(
-                method, self.base_url + path, data=data, headers=_JSON if data else None
-            ) as response:
+            async with self._http().request(method, self.base_url + path, data=data) as response:
                 text = await response.text(errors="replace")
                 return response.status, response.headers, text
         except aiohttp.ClientError as exc:
@@ -174,7 +172,7 @@ class JsonClient:
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         try:
             async with self._http().post(
-                self.base_url + path, data=json.dumps(body), headers=_JSON
+                self.base_url + path, data=json.dumps(body).encode()
             ) as response:
                 if response.status >= 400:
                     text = await response.text(errors="replace")
@@ -243,5 +241,5 @@ class JsonClient:
             self._session = None
 
 
-_JSON = {"Content-Type": "application/json"}
+_JSON = {"Content-Type": "application/json"}  # every body is JSON: set once, on the session
 _DONE = object()
