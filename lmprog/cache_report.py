@@ -45,9 +45,15 @@ class CacheRow:
             _plus(self.cached_tokens, other.cached_tokens),
         )
 
+    @property
+    def counted(self) -> bool:
+        """Whether its requests carry token counts: every gen's, and a select's only when it
+        was a generation (lp.constrained_decoding), not a scoring pass."""
+        return self.primitive == "gen" or self.prompt_tokens is not None
+
     def __str__(self) -> str:
         label = f"{self.primitive}({self.name!r})" if self.name else f"{self.primitive}()"
-        if self.primitive == "select":
+        if not self.counted:
             return f"{label}: {_count(self.requests, 'select')}, not counted"
         return f"{label}: {_summary(self.requests, self.prompt_tokens, self.cached_tokens)}"
 
@@ -57,8 +63,9 @@ class CacheReport:
     """Totals over every counted request, and one row per primitive: a state's own, in the
     order they ran, then its forks'.
 
-    `requests` counts gen requests (a gen with n=k is k requests); `uncounted_selects` the
-    selects, whose scoring requests carry no token counts.
+    `requests` counts gen requests (a gen with n=k is k requests) and selects decoded by the
+    engine (lp.constrained_decoding); `uncounted_selects` the scored selects, whose scoring
+    requests carry no token counts.
     """
 
     rows: tuple[CacheRow, ...] = ()
@@ -74,8 +81,8 @@ class CacheReport:
         for row in self.rows:
             key = (row.primitive, row.name)
             merged[key] = merged[key] + row if key in merged else row
-        gens = [row for row in merged.values() if row.primitive == "gen"]
-        selects = [row for row in merged.values() if row.primitive == "select"]
+        gens = [row for row in merged.values() if row.counted]
+        selects = [row for row in merged.values() if not row.counted]
         prompt = _total(row.prompt_tokens for row in gens)
         cached = _total(row.cached_tokens for row in gens)
         computed = {

@@ -598,16 +598,20 @@ class Execution:
             "request", "score_choices", self._span,
             backend=self.tracer.root.attributes["backend"], choices=len(node.choices),
         )  # fmt: skip
+        row = CacheRow("select", node.name, 1, None, None)  # scoring: no token counts
         try:
             if node.method.decodes:
-                scored = await self._decode_choice(context, node)
+                scored, generation = await self._decode_choice(context, node)
+                row = CacheRow(
+                    "select", node.name, 1, generation.prompt_tokens, generation.cached_tokens
+                )
             else:
                 scored = await self.backend.score_choices(context, node.choices, node.method)
         except BaseException as exc:
             span.finish(exc)
             raise
         span.finish()
-        self.requests.append(CacheRow("select", node.name, 1, None, None))
+        self.requests.append(row)
         path = scored[0].path if scored else None
         self._span.attributes.update(
             {"variable": node.name, "constraint": f"one of {len(node.choices)} choices",
@@ -628,7 +632,9 @@ class Execution:
             }
             self._attach_reasoning(node.name)
 
-    async def _decode_choice(self, context: GenerateRequest, node: Select) -> list[ChoiceLogprobs]:
+    async def _decode_choice(
+        self, context: GenerateRequest, node: Select
+    ) -> tuple[list[ChoiceLogprobs], Generation]:
         """lp.constrained_decoding: one generation under a choice constraint picks the choice."""
         request = dataclasses.replace(
             context,
@@ -638,17 +644,19 @@ class Execution:
             ),
             constraint=choices_constraint(list(node.choices)),
         )
-        picked = (await self.backend.generate(request)).text
+        generation = await self.backend.generate(request)
+        picked = generation.text
         if picked not in node.choices:
             raise ConstraintError(
                 f"the engine decoded {picked[:80]!r} under a constraint to {len(node.choices)} "
                 "choices, and it is none of them"
             )
         path = self.backend.capabilities.enforcement
-        return [
+        scored = [
             ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,), path=path)
             for c in node.choices
         ]
+        return scored, generation
 
     def _attach_reasoning(self, name: str) -> None:
         if self._reasoning is not None:

@@ -296,3 +296,20 @@ def test_the_warning_can_be_filtered_by_category() -> None:
         warnings.filterwarnings("ignore", category=lp.PrefixOrderWarning)
         late_rules.run_batch([{"question": str(i)} for i in range(3)], backend=ScriptedBackend())
     assert not [w for w in caught if issubclass(w.category, lp.PrefixOrderWarning)]
+
+
+def test_a_select_decoded_by_the_engine_is_counted_like_a_gen() -> None:
+    @lp.function
+    def decided(s):
+        s += "Verdict:" + lp.select(
+            "verdict", [" yes", " no"], choices_method=lp.constrained_decoding
+        )
+
+    backend = PrefixCachingBackend(respond=lambda request: " no")
+    state = decided.run(backend=backend)
+    assert state.error() is None and state["verdict"] == " no"
+    report = state.cache_report()
+    assert report.uncounted_selects == 0 and report.requests == len(backend.counted) == 1
+    ((prompt, cached),) = backend.counted
+    assert (report.prompt_tokens, report.cached_tokens) == (prompt, cached)
+    assert "not counted" not in report.table()
