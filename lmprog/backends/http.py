@@ -8,9 +8,10 @@ under httpx2) checks every pooled connection's socket on every request, which ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -126,10 +127,16 @@ class JsonClient:
 
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, str]:
         """One request: (status, headers, body text)."""
-        try:
+        with self._transport_errors(path):
             async with self._http().request(method, self.base_url + path, data=data) as response:
                 text = await response.text(errors="replace")
                 return response.status, response.headers, text
+
+    @contextlib.contextmanager
+    def _transport_errors(self, path: str) -> Iterator[None]:
+        """aiohttp's failures as lmprog's errors, or _Dropped where sending again is safe."""
+        try:
+            yield
         except aiohttp.ClientError as exc:
             raise self._classify(exc, path) from exc
         except asyncio.TimeoutError as exc:  # aiohttp's read timeout (not a ClientError)
@@ -170,7 +177,7 @@ class JsonClient:
             attempt += 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        try:
+        with self._transport_errors(path):
             async with self._http().post(
                 self.base_url + path, data=json.dumps(body).encode()
             ) as response:
@@ -190,10 +197,6 @@ class JsonClient:
                 event = self._event(pending)
                 if event is not None and event is not _DONE:
                     yield event
-        except aiohttp.ClientError as exc:
-            raise self._classify(exc, path) from exc
-        except asyncio.TimeoutError as exc:
-            raise self._timeout(path) from exc
 
     def _event(self, line: bytes) -> Any:
         """The payload of one `data:` line: None for other lines, _DONE for [DONE]."""

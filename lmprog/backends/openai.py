@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 import httpx
@@ -399,15 +400,8 @@ class OpenAI(Backend):
             if not isinstance(answer, dict):
                 raise BackendResponseError(f"{self.name} answered {str(answer)[:200]!r}")
             return answer
-        endpoint: Any = self.client.chat.completions if kind == "chat" else self.client.completions
-        try:
-            response = await endpoint.create(**body)
-        except openai.OpenAIError as exc:
-            raise _sdk_error(self, exc) from exc
-        except ValueError as exc:  # the SDK's JSON decoding of a body that is not JSON
-            raise BackendResponseError(
-                f"{self.name} sent a body that is not the JSON it should be: {exc}"
-            ) from exc
+        with self._sdk_errors():
+            response = await self._endpoint(kind).create(**body)
         return response.model_dump()  # type: ignore[no-any-return]
 
     async def _create_stream(
@@ -422,16 +416,24 @@ class OpenAI(Backend):
             async for event in events:
                 yield event
             return
-        endpoint: Any = self.client.chat.completions if kind == "chat" else self.client.completions
-        try:
-            stream = await endpoint.create(**body, **options, stream=True)
+        with self._sdk_errors():
+            stream = await self._endpoint(kind).create(**body, **options, stream=True)
             async for chunk in stream:
                 yield chunk.model_dump()
+
+    def _endpoint(self, kind: str) -> Any:
+        return self.client.chat.completions if kind == "chat" else self.client.completions
+
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """The SDK's failures as lmprog's errors."""
+        try:
+            yield
         except openai.OpenAIError as exc:
             raise _sdk_error(self, exc) from exc
-        except ValueError as exc:
+        except ValueError as exc:  # the SDK's JSON decoding of a body that is not JSON
             raise BackendResponseError(
-                f"{self.name} streamed a chunk that is not the JSON it should be: {exc}"
+                f"{self.name} sent a body that is not the JSON it should be: {exc}"
             ) from exc
 
     async def warm(self, prompt: str) -> None:
@@ -495,7 +497,7 @@ class OpenAI(Backend):
         """
         prompt_ids, fulls = await asyncio.gather(
             self._tokenize(context.prompt),
-            self._score_texts([context.prompt + choice for choice in choices]),
+            self._read_prompts([context.prompt + choice for choice in choices]),
         )
         scored, own_ids = [], []
         for choice, full in zip(choices, fulls, strict=True):
@@ -510,19 +512,21 @@ class OpenAI(Backend):
             )
         if method.requires_unconditional_logprobs:
             bos = (await self._tokenize(""))[:1]
-            alone = [bos + ids for ids in own_ids]
-            unconditional = await self._score_ids(alone, [len(bos)] * len(alone))
+            alone = await self._read_prompts([bos + ids for ids in own_ids])
             scored = [
-                ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, logprobs)
-                for c, (_, logprobs) in zip(scored, unconditional, strict=True)
+                ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, tuple(lp for _, lp, _ in a))
+                for c, a in zip(scored, (read[len(bos) :] for read in alone), strict=True)
             ]
         return scored
 
-    async def _score_texts(self, texts: list[str]) -> list[list[tuple[int, float, str]]]:
-        """(token id, logprob, piece) of every token of each text but the first, teacher-forced,
-        in one request; position 0 is a placeholder (-1, 0.0, "")."""
-        response = await self._create("completion", _scoring_body(self.model, texts))
-        results: list[list[tuple[int, float, str]]] = [[] for _ in texts]
+    async def _read_prompts(
+        self, prompts: list[str] | list[list[int]]
+    ) -> list[list[tuple[int, float, str]]]:
+        """(token id, logprob, piece) of every token of each prompt (text or token ids) as the
+        server read it, teacher-forced, in one request. The first token has no logprob: its
+        entry is a placeholder (-1, 0.0, "")."""
+        response = await self._create("completion", _scoring_body(self.model, prompts))
+        results: list[list[tuple[int, float, str]]] = [[] for _ in prompts]
         try:
             for choice in response["choices"]:
                 entries = choice.get("prompt_logprobs")
@@ -552,30 +556,6 @@ class OpenAI(Backend):
             root = self.base_url.removesuffix("/v1")
             self._native_client = JsonClient(root, "vLLM", 600.0, self._api_key)
         return self._native_client
-
-    async def _score_ids(
-        self, prompts: list[list[int]], starts: list[int]
-    ) -> list[tuple[tuple[str, ...], tuple[float, ...]]]:
-        """(pieces, logprobs) of prompts[i][starts[i]:], teacher-forced, in one request."""
-        response = await self._create("completion", _scoring_body(self.model, prompts))
-        results: list[tuple[tuple[str, ...], tuple[float, ...]]] = [((), ())] * len(prompts)
-        try:
-            for choice in response["choices"]:
-                entries = choice.get("prompt_logprobs")
-                if entries is None:
-                    raise BackendResponseError(f"{self.name} returned no prompt logprobs")
-                index = choice["index"]
-                ids, start = prompts[index], starts[index]
-                picked = [entries[k][str(ids[k])] for k in range(start, len(ids))]
-                results[index] = (
-                    tuple(str(p["decoded_token"]) for p in picked),
-                    tuple(float(p["logprob"]) for p in picked),
-                )
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise BackendResponseError(
-                f"{self.name} sent prompt logprobs lmprog could not read: {exc!r}"
-            ) from exc
-        return results
 
     # ----- embeddings --------------------------------------------------------------------------
 
