@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import lmprog as lp
-from lmprog.local.weights import resolve_model
+from lmprog.backends.local.weights import resolve_model
 
 
 @lp.function

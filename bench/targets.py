@@ -128,7 +128,7 @@ def _computed_plus_cached(url: str, names: dict[str, str]) -> Callable[[], dict[
 
 
 def vllm() -> Target:
-    from lmprog.local.weights import resolve_model
+    from lmprog.backends.local.weights import resolve_model
 
     runtime = lp.Runtime(
         "vllm",

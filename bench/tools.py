@@ -37,7 +37,7 @@ import openai
 import lmprog as lp
 from bench.targets import Target
 from bench.workloads import Req, Workload, programs
-from lmprog.launch import cache_dir
+from lmprog.paths import cache_dir
 
 _count_lock = threading.Lock()
 _count = 0

@@ -21,7 +21,7 @@ from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
 from lmprog.backends.replicas import Replicas
 from lmprog.backends.sglang import RuntimeEndpoint, SGLang
-from lmprog.budget import Budget, BudgetExceededError
+from lmprog.budget import Budget
 from lmprog.cache_report import CacheReport, cache_report
 from lmprog.choices import (
     constrained_decoding,
@@ -35,9 +35,13 @@ from lmprog.errors import (
     BackendResponseError,
     BackendTimeoutError,
     BackendUnavailableError,
+    BatchError,
+    BatchInterrupted,
+    BudgetExceededError,
     ConstraintError,
     LmprogError,
     ProgramError,
+    TemplateError,
     UnsupportedFeatureError,
 )
 from lmprog.launch import Runtime
@@ -59,30 +63,28 @@ from lmprog.primitives import (
     user_end,
 )
 from lmprog.program import (
-    BatchError,
-    BatchInterrupted,
     Program,
     function,
     get_default_backend,
     set_default_backend,
 )
 from lmprog.state import Batch, ForkGroup, PartialStream, ProgramState
-from lmprog.templates import ChatTemplate, TemplateError
+from lmprog.templates import ChatTemplate
 from lmprog.tools import ToolCall
 from lmprog.trace import OpenTelemetryTraces, Span, stop_tracing, trace_to, write_trace
 
 if TYPE_CHECKING:
-    from lmprog.local import Local
-    from lmprog.local.embeddings import LocalEmbeddings
+    from lmprog.backends.local import Local
+    from lmprog.backends.local.embeddings import LocalEmbeddings
 
 
 def __getattr__(name: str) -> Any:
     if name == "Local":
-        from lmprog.local import Local
+        from lmprog.backends.local import Local
 
         return Local
     if name == "LocalEmbeddings":
-        from lmprog.local.embeddings import LocalEmbeddings
+        from lmprog.backends.local.embeddings import LocalEmbeddings
 
         return LocalEmbeddings
     raise AttributeError(f"module 'lmprog' has no attribute {name!r}")

@@ -30,7 +30,7 @@ from lmprog.backends.base import (
     WrappedBackend,
 )
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
-from lmprog.errors import LmprogError
+from lmprog.errors import BudgetExceededError
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,6 @@ class Budget:
     max_tokens: int | None = None
     max_requests: int | None = None
     max_retries: int | None = None
-
-
-class BudgetExceededError(LmprogError):
-    """A request was not sent because it would exceed the run's or the batch's budget."""
 
 
 @dataclass

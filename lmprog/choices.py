@@ -23,16 +23,6 @@ class ChoiceLogprobs:
         return _mean(self.token_logprobs)
 
 
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
-    """How many leading token ids two tokenizations share (where a choice's tokens start)."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _mean(values: tuple[float, ...] | list[float]) -> float:
     return sum(values) / len(values) if values else float("-inf")
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmprog.state import ProgramState
+
 
 class LmprogError(Exception):
     """Base class of every lmprog error."""
@@ -56,3 +61,35 @@ class ProgramError(LmprogError):
         super().__init__(
             f"program {program!r} failed at {primitive}: {type(cause).__name__}: {cause}"
         )
+
+
+class TemplateError(LmprogError):
+    """A chat template failed to compile or render, or tried something the sandbox forbids."""
+
+
+class BudgetExceededError(LmprogError):
+    """A request was not sent because it would exceed the run's or the batch's budget."""
+
+
+class BatchError(LmprogError):
+    """Raised by run_batch(return_exceptions=False); `.states` keeps every result."""
+
+    def __init__(self, states: list[ProgramState], errors: list[ProgramError]) -> None:
+        self.states = states
+        self.errors = errors
+        super().__init__(f"{len(errors)} of {len(states)} programs failed; first: {errors[0]}")
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during run_batch: `.states` holds every program (finished ones complete)."""
+
+    def __init__(self, states: list[ProgramState | None]) -> None:
+        self.states = states
+        done = sum(1 for s in states if s is not None and s._execution.finished)
+        super().__init__(f"batch interrupted; {done} of {len(states)} programs had finished")
+
+
+class CliError(LmprogError):
+    """What the `lmprog` command reports and exits on (code 2): a usage problem found before
+    any program ran (bad arguments, unreadable input, an unknown program, an unreachable
+    backend), whose message names the cause and what to do."""

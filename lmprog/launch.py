@@ -32,14 +32,10 @@ from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM
 from lmprog.backends.sglang import SGLang
 from lmprog.errors import BackendUnavailableError, LmprogError
+from lmprog.paths import cache_dir
 from lmprog.templates import ChatTemplate
 
 GUARD = Path(__file__).with_name("engine_guard.py")  # stops the engine if this process dies
-
-
-def cache_dir() -> Path:
-    """Where lmprog keeps built engines and models: $LMPROG_CACHE_DIR or ~/.cache/lmprog."""
-    return Path(os.environ.get("LMPROG_CACHE_DIR") or Path.home() / ".cache" / "lmprog")
 
 
 def llama_server_binary() -> Path:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from lmprog.errors import LmprogError
-from lmprog.launch import cache_dir
+from lmprog.paths import cache_dir
 
 GEMMA3_270M_FILE = "gemma-3-270m-q4_k_m.gguf"
 

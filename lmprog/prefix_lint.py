@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from lmprog.prefix import common_prefix_length
+
 SAMPLE_RUNS = 8
 PREFIX_FRACTION = 0.3
 MIN_SHARED_CHARS = 256
@@ -151,18 +153,6 @@ def _misorder(first: str, other: str) -> tuple[int, int] | None:
     if shared < MIN_SHARED_CHARS or shared <= prefix:
         return None
     return prefix, shared
-
-
-def common_prefix_length(a: str, b: str) -> int:
-    """Length of the common prefix, by bisection on slice comparisons (C speed)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _shared_chars(rest: str, other: str) -> int:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lmprog import loop, prefix_lint
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
-from lmprog.errors import LmprogError, ProgramError
+from lmprog.errors import BatchError, BatchInterrupted
 from lmprog.executor import Execution
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
 from lmprog.scheduling import BatchScheduler
@@ -35,24 +35,6 @@ def set_default_backend(backend: Backend | None) -> None:
 
 def get_default_backend() -> Backend | None:
     return _default_backend
-
-
-class BatchError(LmprogError):
-    """Raised by run_batch(return_exceptions=False); `.states` keeps every result."""
-
-    def __init__(self, states: list[ProgramState], errors: list[ProgramError]) -> None:
-        self.states = states
-        self.errors = errors
-        super().__init__(f"{len(errors)} of {len(states)} programs failed; first: {errors[0]}")
-
-
-class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during run_batch: `.states` holds every program (finished ones complete)."""
-
-    def __init__(self, states: list[ProgramState | None]) -> None:
-        self.states = states
-        done = sum(1 for s in states if s is not None and s._execution.finished)
-        super().__init__(f"batch interrupted; {done} of {len(states)} programs had finished")
 
 
 class Program:
@@ -271,7 +253,7 @@ def resolve_backend(backend: Backend | None) -> Backend:
     if backend is not None:
         return backend
     if _default_backend is None:
-        from lmprog.local import Local
+        from lmprog.backends.local import Local
 
         _default_backend = Local()
     return _default_backend

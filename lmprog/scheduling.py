@@ -26,59 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback, WrappedBackend
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
 from lmprog.executor import WARM_PREFIX_CHARS
-from lmprog.prefix_lint import common_prefix_length
+from lmprog.prefix import PrefixIndex, common_prefix_length
 
 T = TypeVar("T")
 
 FIRST_PROMPT_WAIT_S = 1.0  # the rest of a batch waits at most this long for item 0's prompt
 MIN_KEY_CHARS = 4  # shorter argument values are found in a prompt by chance
-
-
-class PrefixIndex(Generic[T]):
-    """What was last recorded for each prefix of the prompts seen, at `block`-character
-    boundaries: a bounded map (least recently used out) from a prefix's hash to a value."""
-
-    def __init__(self, block: int = 256, capacity: int = 100_000) -> None:
-        self.block = block
-        self.capacity = capacity
-        self._values: OrderedDict[bytes, T] = OrderedDict()
-
-    def keys(self, prompt: str) -> list[bytes]:
-        """One hash per whole block of `prompt`: the i-th covers its first (i+1)*block chars."""
-        digest = hashlib.blake2b(digest_size=8)
-        keys = []
-        for start in range(0, len(prompt) - self.block + 1, self.block):
-            digest.update(prompt[start : start + self.block].encode("utf-8", "surrogatepass"))
-            keys.append(digest.digest())
-        return keys
-
-    def longest(
-        self, keys: list[bytes], accept: Callable[[T], bool] = lambda value: True
-    ) -> tuple[T | None, int]:
-        """The value recorded for the longest of these prefixes that `accept` takes, and that
-        prefix's length in characters ((None, 0) when none is known)."""
-        for depth in range(len(keys), 0, -1):
-            value = self._values.get(keys[depth - 1])
-            if value is not None and accept(value):
-                self._values.move_to_end(keys[depth - 1])
-                return value, depth * self.block
-        return None, 0
-
-    def record(self, keys: list[bytes], value: T) -> None:
-        for key in keys:
-            self._values[key] = value
-            self._values.move_to_end(key)
-        while len(self._values) > self.capacity:
-            self._values.popitem(last=False)
 
 
 def prefix_order(items: Sequence[Any], prompt: str) -> list[int]:

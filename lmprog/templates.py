@@ -19,14 +19,10 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from lmprog.errors import LmprogError
+from lmprog.errors import TemplateError
 
 _PLACEHOLDER = "LMPROGCONTENT7f3a"
 _CONTEXT = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
-
-
-class TemplateError(LmprogError):
-    """A chat template failed to compile or render, or tried something the sandbox forbids."""
 
 
 def _raise_exception(message: str) -> None:

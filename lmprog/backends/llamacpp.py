@@ -20,10 +20,11 @@ from lmprog.backends.base import (
     TextCallback,
 )
 from lmprog.backends.http import JsonClient, Secret
-from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
+from lmprog.prefix import shared_prefix_length
 from lmprog.templates import ChatTemplate
 
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": None}

@@ -41,7 +41,7 @@ from lmprog.backends.base import (
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.backends.llamacpp import constraint_fields
 from lmprog.backends.sglang import constraint_params
-from lmprog.choices import ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint, choices_constraint, schema_constraint
 from lmprog.errors import (
     BackendError,
@@ -52,6 +52,7 @@ from lmprog.errors import (
 )
 from lmprog.ir import SamplingParams
 from lmprog.loop import close_with, running_or_lmprog_loop
+from lmprog.prefix import shared_prefix_length
 from lmprog.templates import ChatTemplate
 
 Server = Literal["openai", "vllm", "llamacpp", "sglang", "generic"]

@@ -48,7 +48,7 @@ from lmprog.errors import (
     LmprogError,
 )
 from lmprog.ir import SamplingParams
-from lmprog.scheduling import PrefixIndex
+from lmprog.prefix import PrefixIndex
 from lmprog.templates import ChatTemplate
 
 T = TypeVar("T")

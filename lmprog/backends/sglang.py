@@ -17,9 +17,10 @@ from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
 from lmprog.backends.http import JsonClient, Secret
-from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendResponseError, UnsupportedFeatureError
+from lmprog.prefix import shared_prefix_length
 from lmprog.templates import ChatTemplate
 
 

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmprog.cli.errors import CliError
 from lmprog.cli.specs import SPEC_HELP
+from lmprog.errors import CliError
 
 _EPILOG = "Run `lmprog COMMAND --help` for a command's options; docs/cli.md has examples."
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmprog.cli.errors import CliError
+from lmprog.errors import CliError
 from lmprog.ir import SAMPLING_NAMES
 from lmprog.program import Program
 

@@ -17,12 +17,11 @@ from lmprog import loop
 from lmprog.backends.base import Capabilities
 from lmprog.backends.openai import OpenAI
 from lmprog.choices import ALL_METHODS
-from lmprog.cli.errors import CliError
 from lmprog.cli.probe import ServerInfo, Unreachable, probe
 from lmprog.cli.specs import make_backend
-from lmprog.errors import LmprogError
-from lmprog.launch import cache_dir
+from lmprog.errors import CliError, LmprogError
 from lmprog.models import GEMMA3_270M_FILE
+from lmprog.paths import cache_dir
 
 # where servers are named, and the spec kind each names
 ENV_URLS = {
@@ -64,7 +63,7 @@ def _local() -> Row:
         return Row("local", "not installed: install torch (see scripts/setup.sh)", None)
     import torch
 
-    from lmprog.local import Local
+    from lmprog.backends.local import Local
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cached = (cache_dir() / "models" / "gemma3-270m" / GEMMA3_270M_FILE).is_file()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lmprog.cli.errors import CliError
+from lmprog.errors import CliError
 from lmprog.templates import ChatTemplate
 
 TIMEOUT_S = 5.0

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lmprog.cli.errors import CliError
 from lmprog.cli.inputs import key_token
+from lmprog.errors import CliError
 
 
 @dataclass

@@ -36,11 +36,11 @@ from lmprog import loop
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.cache_report import CacheReport
-from lmprog.cli.errors import CliError
 from lmprog.cli.inputs import Item, key_token, load_program, read_items
 from lmprog.cli.metered import Metered
 from lmprog.cli.results import ResultsFile, encode
 from lmprog.cli.specs import check_reachable, make_backend
+from lmprog.errors import CliError
 from lmprog.ir import SAMPLING_NAMES
 from lmprog.program import Program
 from lmprog.state import ProgramState

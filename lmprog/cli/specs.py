@@ -15,8 +15,7 @@ from lmprog.backends.base import Backend
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import VLLM, OpenAI
 from lmprog.backends.sglang import SGLang
-from lmprog.cli.errors import CliError
-from lmprog.errors import LmprogError
+from lmprog.errors import CliError, LmprogError
 
 SPEC_HELP = """\
 backend specs (--backend):
@@ -46,7 +45,7 @@ def make_backend(spec: str) -> Backend:
 
         return make_backend(probe(spec).spec)
     if kind == "local":
-        from lmprog.local import Local
+        from lmprog.backends.local import Local
 
         if not rest:
             return Local()

@@ -14,7 +14,7 @@ import pytest
 from support.reference import transformers_greedy
 
 import lmprog as lp
-from lmprog.local.weights import resolve_model
+from lmprog.backends.local.weights import resolve_model
 
 pytestmark = pytest.mark.gemma
 

@@ -1,4 +1,4 @@
-"""lmprog.local.weights: what lp.Local loads, checked against llama-server on the same GGUF.
+"""lmprog.backends.local.weights: what lp.Local loads, checked against llama-server (same GGUF).
 
 The Gemma GGUF is converted once into lmprog's cache (about a minute, the first time); its
 rebuilt tokenizer must give llama-server's token ids, and the dequantized weights its greedy
@@ -17,8 +17,8 @@ import pytest
 from support.models import TINY_CHAT_TEMPLATE, tiny_model_dir, tiny_model_gguf
 
 import lmprog as lp
+from lmprog.backends.local.weights import ModelFiles, resolve_model
 from lmprog.errors import LmprogError
-from lmprog.local.weights import ModelFiles, resolve_model
 from lmprog.models import gemma3_270m_gguf
 
 FEW_SHOT = "Q: What is the capital of Germany?\nA: Berlin\nQ: What is the capital of France?\nA:"

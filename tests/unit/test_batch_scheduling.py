@@ -9,7 +9,8 @@ import pytest
 import lmprog as lp
 from lmprog import scheduling
 from lmprog.backends.base import GenerateRequest, Generation, TextCallback
-from lmprog.scheduling import PrefixIndex, prefix_order
+from lmprog.prefix import PrefixIndex
+from lmprog.scheduling import prefix_order
 from lmprog.testing import ScriptedBackend
 
 FEW_SHOT = "".join(f"Q: what is {i} plus {i}?\nA: {2 * i}\n" for i in range(80))  # ~2,000 chars

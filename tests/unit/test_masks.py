@@ -1,4 +1,4 @@
-"""Token masks for in-process constrained decoding (lmprog.local.masks).
+"""Token masks for in-process constrained decoding (lmprog.backends.local.masks).
 
 Random walks pick allowed tokens (seeded) until the constraint ends; whatever text comes out must
 satisfy an independent check (the `regex` module, jsonschema, a Python regex for the grammar).
@@ -23,16 +23,16 @@ import tokenizers
 import torch
 from support.models import tiny_model_dir
 
-from lmprog.constraints import FLOAT_REGEX, INT_REGEX, Constraint, make_constraint
-from lmprog.errors import ConstraintError
-from lmprog.local.masks import (
+from lmprog.backends.local.masks import (
     ConstraintMasker,
     ConstraintState,
     TokenVocabulary,
     explodes_in_outlines,
     outlines_enforces,
 )
-from lmprog.local.weights import ModelFiles, resolve_model
+from lmprog.backends.local.weights import ModelFiles, resolve_model
+from lmprog.constraints import FLOAT_REGEX, INT_REGEX, Constraint, make_constraint
+from lmprog.errors import ConstraintError
 
 TINY_EOS = 1
 TINY_WIDTH = 520  # logits wider than the 512-token tokenizer: ids 512.. must never be allowed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmprog.local.radix import RadixCache
+from lmprog.backends.local.radix import RadixCache
 
 LAYERS, HEADS, DIM = 2, 1, 3
 

@@ -20,15 +20,15 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from lmprog.backends.local.radix import LayerKV, RadixCache
+from lmprog.backends.local.sampling import choose, penalised, seeded_generator
 from lmprog.ir import SamplingParams
-from lmprog.local.radix import LayerKV, RadixCache
-from lmprog.local.sampling import choose, penalised, seeded_generator
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a gen sets none
 
 
 class ConstraintCursor(Protocol):
-    """Where a constrained generation stands (implemented by lmprog.local.masks)."""
+    """Where a constrained generation stands (implemented by lmprog.backends.local.masks)."""
 
     def fill_mask(self, allowed: torch.Tensor) -> None: ...
     def advance(self, token_id: int) -> None: ...

@@ -1,9 +1,9 @@
 """lp.Local: a model loaded in this process with torch; no server, no API key.
 
 The model loads on first use (in a worker thread, so programs already running keep going).
-Everything then runs on one engine thread (lmprog.local.engine): a radix KV cache shared by all
+Everything then runs on one engine thread (`engine`): a radix KV cache shared by all
 programs, batched decoding of concurrent requests, and every constraint enforced with token
-masks (lmprog.local.masks).
+masks (`masks`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import tokenizers
 import torch
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
-from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod, shared_prefix_length
+from lmprog.backends.local.engine import Engine, GenerationResult, Job
+from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
+from lmprog.backends.local.weights import ModelFiles, resolve_model
+from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import LmprogError, UnsupportedFeatureError
-from lmprog.local.engine import Engine, GenerationResult, Job
-from lmprog.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
-from lmprog.local.weights import ModelFiles, resolve_model
+from lmprog.prefix import shared_prefix_length
 from lmprog.templates import ChatTemplate
 
 T = TypeVar("T")

@@ -61,7 +61,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from lmprog.constraints import Constraint
 from lmprog.errors import ConstraintError
-from lmprog.launch import cache_dir
+from lmprog.paths import cache_dir
 
 if TYPE_CHECKING:
     import tokenizers

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmprog.errors import LmprogError
-from lmprog.launch import cache_dir
+from lmprog.paths import cache_dir
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
