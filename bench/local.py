@@ -83,7 +83,7 @@ def bench_radix(model: str | None, repeat: int) -> dict[str, Any]:
     uncached.load()
 
     def once(backend: lp.Local) -> float:
-        backend.flush_cache()
+        lp.flush_cache(backend)
         return timed(lambda: _ok(quiz.run(backend=backend)))
 
     with_cache = median_of(repeat, lambda: once(cached))

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from lmprog.admin import flush_cache, get_server_info
 from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
-from lmprog.backends.openai import VLLM, OpenAI
+from lmprog.backends.openai import OpenAI
 from lmprog.backends.replicas import Replicas
 from lmprog.backends.sglang import RuntimeEndpoint, SGLang
+from lmprog.backends.vllm import VLLM
 from lmprog.budget import Budget
 from lmprog.cache_report import CacheReport, cache_report
 from lmprog.choices import (

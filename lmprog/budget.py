@@ -16,10 +16,7 @@ results; the others carry the budget error, so a retry loop cannot run up an unb
 
 from __future__ import annotations
 
-import contextvars
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lmprog.backends.base import (
@@ -28,6 +25,7 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
     WrappedBackend,
+    retries_charged_to,
 )
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import BudgetExceededError
@@ -87,28 +85,6 @@ class BudgetMeter:
             self.spent.retries += 1
 
 
-_current: contextvars.ContextVar[BudgetMeter | None] = contextvars.ContextVar(
-    "lmprog_budget", default=None
-)
-
-
-def note_retry() -> None:
-    """Called by a backend before it sends a request again: the retry is charged to the budget
-    of the run it serves, if any (raises BudgetExceededError when none is left)."""
-    meter = _current.get()
-    if meter is not None:
-        meter.take_retry()
-
-
-@contextmanager
-def _charging(meter: BudgetMeter) -> Iterator[None]:
-    token = _current.set(meter)
-    try:
-        yield
-    finally:
-        _current.reset(token)
-
-
 class BudgetedBackend(WrappedBackend):
     """`backend`, with every request charged to `meter` first."""
 
@@ -120,7 +96,7 @@ class BudgetedBackend(WrappedBackend):
         self, request: GenerateRequest, on_text: TextCallback | None = None
     ) -> Generation:
         self.meter.take_requests()
-        with _charging(self.meter):
+        with retries_charged_to(self.meter.take_retry):
             generation = await self.inner.generate(request, on_text)
         self.meter.add_tokens(generation)
         return generation
@@ -130,12 +106,12 @@ class BudgetedBackend(WrappedBackend):
     ) -> list[ChoiceLogprobs]:
         per_choice = 2 if method.requires_unconditional_logprobs else 1
         self.meter.take_requests(per_choice * len(choices))
-        with _charging(self.meter):
+        with retries_charged_to(self.meter.take_retry):
             return await self.inner.score_choices(context, choices, method)
 
     async def warm(self, prompt: str) -> None:
         self.meter.take_requests()
-        with _charging(self.meter):
+        with retries_charged_to(self.meter.take_retry):
             await self.inner.warm(prompt)
 
     def __repr__(self) -> str:

@@ -29,8 +29,8 @@ import httpx
 
 from lmprog.backends.base import Backend, WrappedBackend
 from lmprog.backends.llamacpp import LlamaCpp
-from lmprog.backends.openai import VLLM
 from lmprog.backends.sglang import SGLang
+from lmprog.backends.vllm import VLLM
 from lmprog.errors import BackendUnavailableError, LmprogError
 from lmprog.paths import cache_dir
 from lmprog.templates import ChatTemplate

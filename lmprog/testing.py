@@ -13,7 +13,6 @@ from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
-from lmprog.templates import ChatTemplate
 
 Responder = Callable[[GenerateRequest], str]
 Scorer = Callable[[str, str], float]
@@ -52,16 +51,12 @@ class ScriptedBackend(Backend):
         self._score = score or _last_mentioned
         self._delay = delay
         self._fail = fail
-        self._template_name = chat_template
+        self.chat_template_choice = chat_template
         self.requests: list[GenerateRequest] = []
         self.warmed: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def _load_chat_template(self) -> ChatTemplate:
-        template = ChatTemplate.given(self._template_name)
-        assert template is not None
-        return template
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None

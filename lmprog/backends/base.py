@@ -8,7 +8,9 @@ request is sent (`UnsupportedFeatureError`), never silently dropped.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +71,31 @@ class Generation:
 
 TextCallback = Callable[[str], None]
 
+# ----- the retry hook: a backend reports each request it sends again; whoever runs it (a
+# budget) may charge or refuse the retry. The transport never imports that policy.
+
+_on_retry: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "lmprog_on_retry", default=None
+)
+
+
+def note_retry() -> None:
+    """Called by a backend before it sends a request again. The hook set for the current
+    context (`retries_charged_to`) runs first, and may raise to stop the retry."""
+    hook = _on_retry.get()
+    if hook is not None:
+        hook()
+
+
+@contextmanager
+def retries_charged_to(hook: Callable[[], None]) -> Iterator[None]:
+    """Within the block, every retry a backend makes calls `hook` first."""
+    token = _on_retry.set(hook)
+    try:
+        yield
+    finally:
+        _on_retry.reset(token)
+
 
 class Backend(abc.ABC):
     """Base of every backend. Subclasses set `name` and `capabilities` and implement the
@@ -77,6 +104,8 @@ class Backend(abc.ABC):
     name: str = "backend"
     capabilities: Capabilities = Capabilities()
     image_marker: str = ""  # text the engine expects where an image sits in the prompt
+    chat_template_choice: str | ChatTemplate | None = None  # what chat_template= gave
+    template_hint: str = ""  # how else a user gives this backend a template
     _template: ChatTemplate | None = None
 
     @abc.abstractmethod
@@ -93,9 +122,21 @@ class Backend(abc.ABC):
         raise UnsupportedFeatureError(self.name, "score select choices")
 
     async def chat_template(self) -> ChatTemplate:
-        """The template that turns roles into text (the model's own unless overridden)."""
+        """The template that turns roles into text: the one `chat_template=` gave, else the
+        model's own (found once)."""
         if self._template is None:
-            self._template = await self._load_chat_template()
+            template = ChatTemplate.given(self.chat_template_choice)
+            if template is None:
+                template = await self._model_chat_template()
+            if template is None:
+                hint = f"; or {self.template_hint}" if self.template_hint else ""
+                raise UnsupportedFeatureError(
+                    self.name,
+                    "find the model's chat template to render roles as text",
+                    "pass chat_template= (a built-in name such as 'gemma3' or 'chatml', or "
+                    f"Jinja source){hint}",
+                )
+            self._template = template
         return self._template
 
     async def warm(self, prompt: str) -> None:  # noqa: B027 - only shared caches need it
@@ -106,12 +147,29 @@ class Backend(abc.ABC):
         """How many programs run_batch keeps in flight unless told otherwise."""
         return 64
 
+    # ----- optional server administration (refused unless the engine offers it) -----------
+
+    async def ping(self) -> None:  # noqa: B027 - a backend with no server has nothing to reach
+        """Raise a BackendError unless the engine can be used (checked before long runs)."""
+
+    async def flush_cache(self) -> None:
+        """Empty the engine's prefix cache (benchmarks that must start cold)."""
+        raise UnsupportedFeatureError(
+            self.name, "flush its prefix cache", "restart the server to start cold"
+        )
+
+    async def server_info(self) -> dict[str, Any]:
+        """What the engine says about itself (model, version, launch arguments)."""
+        raise UnsupportedFeatureError(
+            self.name, "report server info", "query the server's own endpoints"
+        )
+
     def cached_chat_template(self) -> ChatTemplate | None:
         return self._template
 
-    @abc.abstractmethod
-    async def _load_chat_template(self) -> ChatTemplate:
-        """Find the model's chat template (called once)."""
+    async def _model_chat_template(self) -> ChatTemplate | None:
+        """The model's own template, where the engine or its files tell it (called once)."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections; the backend may be used again afterwards."""
@@ -179,14 +237,20 @@ class WrappedBackend(Backend):
     async def chat_template(self) -> ChatTemplate:
         return await self.inner.chat_template()
 
-    async def _load_chat_template(self) -> ChatTemplate:
-        return await self.inner.chat_template()
-
     def cached_chat_template(self) -> ChatTemplate | None:
         return self.inner.cached_chat_template()
 
     async def concurrency_hint(self) -> int:
         return await self.inner.concurrency_hint()
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def flush_cache(self) -> None:
+        await self.inner.flush_cache()
+
+    async def server_info(self) -> dict[str, Any]:
+        return await self.inner.server_info()
 
     def check_constraint(self, constraint: Constraint | None) -> None:
         self.inner.check_constraint(constraint)

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from lmprog import loop as lmprog_loop
-from lmprog.budget import note_retry
+from lmprog.backends.base import note_retry
 from lmprog.errors import (
     BackendError,
     BackendResponseError,

@@ -19,6 +19,7 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
 )
+from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe, Server
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
@@ -49,6 +50,7 @@ class LlamaCpp(Backend):
         prefix_cache=True,
     )
     image_marker = "<__media__>"
+    template_hint = "start llama-server with --chat-template-file"
 
     def __init__(
         self,
@@ -62,7 +64,7 @@ class LlamaCpp(Backend):
         self.url = url.rstrip("/")
         self.name = f"lp.LlamaCpp({self.url!r})"
         self._http = JsonClient(self.url, "llama-server", timeout, Secret(api_key), max_retries)
-        self._template_choice = chat_template
+        self.chat_template_choice = chat_template
         self._props: dict[str, Any] | None = None
         self._props_lock: asyncio.Lock | None = None
 
@@ -75,6 +77,9 @@ class LlamaCpp(Backend):
                     self._props = await self._http.get("/props")
         return self._props
 
+    async def ping(self) -> None:
+        await self.props()
+
     async def concurrency_hint(self) -> int:
         """One program per slot: more would push programs out of the slot holding their
         prefix, and the server would recompute it (measured in ENGINES.md)."""
@@ -83,19 +88,11 @@ class LlamaCpp(Backend):
         except BackendError:
             return 4  # the programs themselves will report the unreachable server
 
-    async def _load_chat_template(self) -> ChatTemplate:
-        given = ChatTemplate.given(self._template_choice)
-        if given is not None:
-            return given
+    async def _model_chat_template(self) -> ChatTemplate | None:
         props = await self.props()
         source = props.get("chat_template")
         if not source:
-            raise UnsupportedFeatureError(
-                self.name,
-                "render roles: the server reports no chat template",
-                "pass chat_template= (e.g. 'gemma3' or 'chatml') or start the server with "
-                "--chat-template-file",
-            )
+            return None
         # The server puts BOS in front of a text prompt itself, so the template must not.
         return ChatTemplate(source, eos_token=props.get("eos_token", ""), name="server")
 
@@ -269,3 +266,34 @@ def constraint_fields(constraint: Constraint) -> dict[str, Any]:
         return {"json_schema": constraint.schema}
     assert constraint.grammar is not None
     return {"grammar": constraint.grammar}
+
+
+class _LlamaCppDialect(Dialect):
+    def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
+        return constraint_fields(constraint)
+
+    async def chat_template(self, server: Server) -> ChatTemplate | None:
+        source = (await server.get("/props")).get("chat_template")
+        return ChatTemplate(source, name="server") if source else None
+
+
+def _is_llama_server(props: Any) -> bool:
+    return isinstance(props, dict) and "total_slots" in props
+
+
+DIALECT = _LlamaCppDialect(
+    kind="llamacpp",
+    label="llama-server",
+    completion_constraints=ALL_CONSTRAINTS,
+    chat_constraints=ALL_CONSTRAINTS,
+    grammar_syntaxes=frozenset({"gbnf"}),
+    sampling_extras=True,
+    continue_fields={},  # it continues a final assistant message by itself, repeating it first
+    echoes_prefill=True,
+    serves_any_model=True,
+    prefix_cache=True,  # one cache per slot: warming a prefix in one slot helps no other
+    self_hosted=True,
+    probe=Probe("/props", _is_llama_server),
+    env_var="LMPROG_LLAMACPP_URL",
+    native=LlamaCpp,
+)

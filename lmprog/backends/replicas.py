@@ -282,7 +282,7 @@ class Replicas(Backend):
         """Warm the replica that requests extending `prompt` will go to (affinity)."""
         await self._route(prompt, lambda backend: backend.warm(prompt))
 
-    async def _load_chat_template(self) -> ChatTemplate:
+    async def _model_chat_template(self) -> ChatTemplate:
         """The first healthy replica's template (the replicas serve one model)."""
         for replica in self._replicas:
             if not replica.healthy:

@@ -16,10 +16,11 @@ import re
 from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
+from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendResponseError, UnsupportedFeatureError
+from lmprog.errors import BackendResponseError
 from lmprog.prefix import shared_prefix_length
 from lmprog.templates import ChatTemplate
 
@@ -53,7 +54,7 @@ class SGLang(Backend):
         self.url = url.rstrip("/")
         self.name = f"lp.SGLang({self.url!r})"
         self._http = JsonClient(self.url, "SGLang", timeout, Secret(api_key), max_retries)
-        self._template_choice = chat_template
+        self.chat_template_choice = chat_template
 
     async def model_info(self) -> dict[str, Any]:
         """The server's `/get_model_info` (model path, tokenizer path, ...)."""
@@ -65,6 +66,9 @@ class SGLang(Backend):
         info: dict[str, Any] = await self._http.get("/get_server_info")
         return info
 
+    async def ping(self) -> None:
+        await self.model_info()
+
     async def warm(self, prompt: str) -> None:
         await self._http.post(
             "/generate", {"text": prompt, "sampling_params": {"max_new_tokens": 0}}
@@ -74,19 +78,9 @@ class SGLang(Backend):
         """Empty the server's prefix cache (for benchmarks that must start cold)."""
         await self._http.post("/flush_cache", {})
 
-    async def _load_chat_template(self) -> ChatTemplate:
-        given = ChatTemplate.given(self._template_choice)
-        if given is not None:
-            return given
+    async def _model_chat_template(self) -> ChatTemplate | None:
         info = await self.model_info()
-        template = ChatTemplate.from_model_dir(info.get("model_path") or "")
-        if template is None:
-            raise UnsupportedFeatureError(
-                self.name,
-                "find the model's chat template (its folder is not readable here)",
-                "pass chat_template= (a built-in name or Jinja source)",
-            )
-        return template
+        return ChatTemplate.from_model_dir(info.get("model_path") or "")
 
     # ----- generation ------------------------------------------------------------------------
 
@@ -229,3 +223,28 @@ def _generation(data: Any) -> Generation:
 
 def _data_url(data: bytes, mime_type: str) -> str:
     return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
+
+
+class _SGLangDialect(Dialect):
+    def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
+        return constraint_params(constraint)
+
+
+def _is_sglang(model_info: Any) -> bool:
+    return isinstance(model_info, dict) and "model_path" in model_info
+
+
+DIALECT = _SGLangDialect(
+    kind="sglang",
+    label="SGLang",
+    completion_constraints=ALL_CONSTRAINTS,
+    chat_constraints=ALL_CONSTRAINTS,
+    grammar_syntaxes=frozenset({"gbnf"}),  # its `ebnf` field takes GBNF-style rules
+    sampling_extras=True,
+    prefix_cache=True,
+    shared_cache=True,
+    self_hosted=True,
+    probe=Probe("/get_model_info", _is_sglang),
+    env_var="LMPROG_SGLANG_URL",
+    native=SGLang,
+)

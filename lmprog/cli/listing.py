@@ -1,8 +1,9 @@
 """`lmprog backends`: the backends in reach, and what each supports, as a table.
 
 Always lists lp.Local (is torch installed, is the default model there) and the OpenAI API (is a
-key set); then every server named by LMPROG_LLAMACPP_URL, LMPROG_VLLM_URL, LMPROG_SGLANG_URL,
-OPENAI_BASE_URL or `--url`, probed as `lmprog serve-info` does. A server's capabilities are
+key set); then every server named by an engine's variable (LMPROG_LLAMACPP_URL, LMPROG_VLLM_URL,
+..., as lmprog.backends.detect lists them), OPENAI_BASE_URL or `--url`, probed as
+`lmprog serve-info` does. A server's capabilities are
 those of the backend lmprog would use with it, as that backend reports them.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from lmprog import loop
 from lmprog.backends.base import Capabilities
+from lmprog.backends.detect import SERVERS
 from lmprog.backends.openai import OpenAI
 from lmprog.choices import ALL_METHODS
 from lmprog.cli.probe import ServerInfo, Unreachable, probe
@@ -25,9 +27,7 @@ from lmprog.paths import cache_dir
 
 # where servers are named, and the spec kind each names
 ENV_URLS = {
-    "LMPROG_LLAMACPP_URL": "llamacpp",
-    "LMPROG_VLLM_URL": "vllm",
-    "LMPROG_SGLANG_URL": "sglang",
+    **{server.env_var: server.kind for server in SERVERS if server.env_var},
     "OPENAI_BASE_URL": "openai:MODEL@",
 }
 COLUMNS = ("regex", "json", "grammar", "select", "logprobs", "images", "prefix-cache", "stream")
@@ -48,10 +48,7 @@ def backends_command(urls: list[str]) -> int:
         rows.append(_openai_api())
     print(_table(rows))
     if not named and not urls:
-        print(
-            "\nno servers named: set LMPROG_LLAMACPP_URL, LMPROG_VLLM_URL, LMPROG_SGLANG_URL or "
-            "OPENAI_BASE_URL, or pass --url URL"
-        )
+        print(f"\nno servers named: set {', '.join(ENV_URLS)}, or pass --url URL")
     return 0
 
 
@@ -84,11 +81,10 @@ def _server(url: str, kind: str) -> Row:
     except CliError:
         return Row(named, "answers, but is no server lmprog knows", None)
     backend = make_backend(info.spec)
-    if isinstance(backend, OpenAI):
-        try:
-            loop.wait(backend.server())  # what it enforces depends on what it is
-        except LmprogError as exc:
-            return Row(info.spec, f"not usable: {exc}", None)
+    try:
+        loop.wait(backend.ping())  # lp.OpenAI: what it enforces depends on what it is
+    except LmprogError as exc:
+        return Row(info.spec, f"not usable: {exc}", None)
     capabilities = backend.capabilities
     if info.vision is not None:
         capabilities = replace(capabilities, images=info.vision)

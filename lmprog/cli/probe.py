@@ -1,8 +1,9 @@
 """`lmprog serve-info URL`: what server answers at a URL, its model, and the backend to use.
 
-Each engine is recognised by an endpoint only it has: SGLang `/get_model_info`, vLLM `/version`,
-llama-server `/props` (with `total_slots`); anything else that lists `/v1/models` is a generic
-OpenAI-compatible server. The OpenAI API key is sent only to api.openai.com or OPENAI_BASE_URL.
+Which engine it is comes from lmprog.backends.detect (the same detection lp.OpenAI uses); this
+module only describes what the engine reports about itself. Anything no probe recognises that
+lists `/v1/models` is a generic OpenAI-compatible server. The OpenAI API key is sent only to
+api.openai.com or OPENAI_BASE_URL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lmprog.errors import CliError
+from lmprog import loop
+from lmprog.backends.detect import identify
+from lmprog.backends.dialect import Dialect
+from lmprog.errors import CliError, LmprogError
 from lmprog.templates import ChatTemplate
 
 TIMEOUT_S = 5.0
@@ -77,19 +81,33 @@ def probe(url: str) -> ServerInfo:
     """Identify the server at `url`; a CliError naming the cause if nothing usable answers."""
     url = url.rstrip("/")
     root = url.removesuffix("/v1")
-    with httpx.Client(timeout=TIMEOUT_S, headers=_auth(url)) as http:
+    headers = _auth(url)
+    with httpx.Client(timeout=TIMEOUT_S, headers=headers) as http:
         try:
             http.get(root + "/health")
         except httpx.HTTPError as exc:
             raise Unreachable(url, exc) from exc
-        for recognise in (_sglang, _vllm, _llamacpp, _openai_compatible):
-            info = recognise(http, root)
-            if info is not None:
-                return info
+        key = headers.get("Authorization", "").removeprefix("Bearer ") or None
+        try:
+            detected = loop.wait(identify(root, url, key))
+        except LmprogError as exc:
+            raise CliError(f"{url} answered the health check, then failed: {exc}") from exc
+        describe = _DESCRIBE.get(detected.dialect.kind)
+        answer = next(iter(detected.answers.values()), None) if describe else None
+        info = describe(http, root, answer, detected.dialect) if describe else None
+        info = info or _openai_compatible(http, root)
+        if info is not None:
+            return info
     raise CliError(
         f"{url} answers HTTP, but not as llama-server, vLLM, SGLang or an OpenAI-compatible "
         "server (no /props, /version, /get_model_info or /v1/models); check the URL"
     )
+
+
+def _names(dialect: Dialect, root: str) -> tuple[str, str]:
+    """The --backend spec and the Python constructor of a server's own backend."""
+    assert dialect.native is not None
+    return f"{dialect.kind}:{root}", f"lp.{getattr(dialect.native, '__name__', '?')}({root!r})"
 
 
 def _get(http: httpx.Client, url: str) -> Any:
@@ -101,16 +119,12 @@ def _get(http: httpx.Client, url: str) -> Any:
         return None
 
 
-def _llamacpp(http: httpx.Client, root: str) -> ServerInfo | None:
-    props = _get(http, root + "/props")
-    if not isinstance(props, dict) or "total_slots" not in props:
-        return None
+def _llamacpp(http: httpx.Client, root: str, props: Any, dialect: Dialect) -> ServerInfo:
     settings = props.get("default_generation_settings") or {}
     info = ServerInfo(
         root,
         "llama.cpp llama-server",
-        f"llamacpp:{root}",
-        f"lp.LlamaCpp({root!r})",
+        *_names(dialect, root),
         version=props.get("build_info"),
         models=[str(props.get("model_alias") or props.get("model_path") or "")],
         context_length=settings.get("n_ctx"),
@@ -125,16 +139,12 @@ def _llamacpp(http: httpx.Client, root: str) -> ServerInfo | None:
     return info
 
 
-def _vllm(http: httpx.Client, root: str) -> ServerInfo | None:
-    version = _get(http, root + "/version")
-    if not isinstance(version, dict) or "version" not in version:
-        return None
+def _vllm(http: httpx.Client, root: str, version: Any, dialect: Dialect) -> ServerInfo:
     models = _models(http, root)
     info = ServerInfo(
         root,
         "vLLM",
-        f"vllm:{root}",
-        f"lp.VLLM({root!r})",
+        *_names(dialect, root),
         version=str(version["version"]),
         models=[str(m.get("id")) for m in models],
         context_length=models[0].get("max_model_len") if models else None,
@@ -144,10 +154,7 @@ def _vllm(http: httpx.Client, root: str) -> ServerInfo | None:
     return info
 
 
-def _sglang(http: httpx.Client, root: str) -> ServerInfo | None:
-    model = _get(http, root + "/get_model_info")
-    if not isinstance(model, dict) or "model_path" not in model:
-        return None
+def _sglang(http: httpx.Client, root: str, model: Any, dialect: Dialect) -> ServerInfo:
     server = _get(http, root + "/get_server_info") or {}
     listed = _models(http, root)
     context = server.get("context_length") if isinstance(server, dict) else None
@@ -156,8 +163,7 @@ def _sglang(http: httpx.Client, root: str) -> ServerInfo | None:
     info = ServerInfo(
         root,
         "SGLang",
-        f"sglang:{root}",
-        f"lp.SGLang({root!r})",
+        *_names(dialect, root),
         version=server.get("version") if isinstance(server, dict) else None,
         models=[str(model["model_path"])],
         context_length=context,
@@ -166,6 +172,9 @@ def _sglang(http: httpx.Client, root: str) -> ServerInfo | None:
     given = server.get("chat_template") if isinstance(server, dict) else None
     info.chat_template = True if given else _template_in(str(model["model_path"]), info)
     return info
+
+
+_DESCRIBE = {"llamacpp": _llamacpp, "vllm": _vllm, "sglang": _sglang}
 
 
 def _openai_compatible(http: httpx.Client, root: str) -> ServerInfo | None:

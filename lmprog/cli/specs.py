@@ -6,15 +6,13 @@ first makes it one clear error, before anything is written.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lmprog.backends.base import Backend
-from lmprog.backends.llamacpp import LlamaCpp
-from lmprog.backends.openai import VLLM, OpenAI
-from lmprog.backends.sglang import SGLang
+from lmprog.backends.detect import SERVERS
+from lmprog.backends.openai import OpenAI
 from lmprog.errors import CliError, LmprogError
 
 SPEC_HELP = """\
@@ -31,9 +29,7 @@ The API key comes from OPENAI_API_KEY and is never printed.
 """
 
 _URL_KINDS: dict[str, Callable[[str], Backend]] = {
-    "llamacpp": LlamaCpp,
-    "vllm": VLLM,
-    "sglang": SGLang,
+    server.kind: server.native for server in SERVERS if server.native is not None
 }
 
 
@@ -86,37 +82,9 @@ def _is_url(text: str) -> bool:
 async def check_reachable(backend: Backend) -> None:
     """Ask the backend something cheap (lp.Local: load the model); a CliError if it fails."""
     try:
-        if isinstance(backend, LlamaCpp):
-            await backend.props()
-        elif isinstance(backend, SGLang):
-            await backend.model_info()
-        elif isinstance(backend, OpenAI):
-            await _check_openai(backend)
-        else:
-            load = getattr(backend, "load", None)
-            if load is not None:
-                await asyncio.to_thread(load)
+        await backend.ping()
     except LmprogError as exc:
         raise CliError(
             f"{backend.name} cannot be used: {exc}\nStart the server or fix the URL "
             "(`lmprog serve-info URL` says what answers there), or pick another --backend."
         ) from exc
-
-
-async def _check_openai(backend: OpenAI) -> None:
-    """The server's kind settles what it enforces; the model must be one it serves."""
-    if backend.base_url is not None:
-        await backend.server()
-    served = await backend.models()
-    if isinstance(backend, VLLM):
-        if len(served) != 1:
-            raise CliError(
-                f"{backend.name} serves {served}; pick one with --backend openai:MODEL@URL/v1"
-            )
-        return
-    server = await backend.server()
-    if server != "llamacpp" and backend.model not in served:  # llama-server ignores the name
-        shown = ", ".join(served[:10]) + (" ..." if len(served) > 10 else "")
-        raise CliError(
-            f"{backend.name}: the server does not serve {backend.model!r}; it has {shown}"
-        )

@@ -66,7 +66,7 @@ def test_second_turn_reuses_the_first_from_the_radix_cache(gemma_local: lp.Local
 
 
 def test_batch_items_share_their_prefix(gemma_local: lp.Local) -> None:
-    gemma_local.flush_cache()
+    lp.flush_cache(gemma_local)
     before = gemma_local.stats()
     countries = ["Norway", "Sweden", "Poland", "Egypt", "Peru", "Chile"]
     states = capital.run_batch([(c,) for c in countries], backend=gemma_local)

@@ -57,7 +57,7 @@ def test_greedy_text_equals_transformers_generate_on_cuda(cuda_f32: lp.Local) ->
     reference = transformers_greedy(tiny_model_dir(), device="cuda", dtype=torch.float32)
     expected = [reference(prompt, 24) for prompt in PROMPTS]
     alone = [complete.run(p, 24, backend=cuda_f32)["out"] for p in PROMPTS]
-    cuda_f32.flush_cache()
+    lp.flush_cache(cuda_f32)
     # a batch: the rows have different lengths, so all but the longest are left-padded
     together = [s["out"] for s in complete.run_batch([(p, 24) for p in PROMPTS], backend=cuda_f32)]
     assert alone == expected
@@ -122,7 +122,7 @@ def test_second_turn_reuses_the_first_from_the_radix_cache_on_cuda(cuda_default:
         s += lp.gen("a", max_tokens=12, ignore_eos=True)
         s += "\n\ndef second(items):\n    return" + lp.gen("b", max_tokens=12, ignore_eos=True)
 
-    cuda_default.flush_cache()
+    lp.flush_cache(cuda_default)
     state = two_turns.run(backend=cuda_default)
     first, second = state.get_meta_info("a"), state.get_meta_info("b")
     assert second["cached_tokens"] >= first["prompt_tokens"]  # the whole first prompt at least

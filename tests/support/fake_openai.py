@@ -24,7 +24,7 @@ class FakeOpenAI:
     """`with FakeOpenAI() as server:` serves on 127.0.0.1 (`server.url` ends in /v1)."""
 
     def __init__(self, identity: str = "") -> None:
-        self.identity = identity  # "sglang": also answer SGLang's /get_server_info
+        self.identity = identity  # "sglang": also answer SGLang's /get_model_info
         self.faults: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -76,6 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/get_server_info" and self.fake.identity == "sglang":
             self._json(200, {"version": "0.5.10", "tp_size": 1})
+        elif self.path == "/get_model_info" and self.fake.identity == "sglang":
+            self._json(200, {"model_path": "/nonexistent", "is_generation": True})
         elif self.path.endswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
         else:

@@ -1,0 +1,159 @@
+"""What one kind of server accepts beyond the OpenAI API, declared as data.
+
+lp.OpenAI talks to the OpenAI API, vLLM, llama-server, SGLang, `transformers serve` and any
+other compatible server through one code path. What differs between them (which constraints
+they enforce and with which fields, whether they continue an assistant turn, which token limit
+they read, where their chat template comes from, whether warming a prefix pays) is a `Dialect`
+declared by the server's own module; lp.OpenAI looks it up instead of branching on a name.
+`lmprog.backends.detect` lists every dialect and tells which one answers at a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lmprog.backends.base import Capabilities, GenerateRequest
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.constraints import Constraint
+from lmprog.templates import ChatTemplate
+
+if TYPE_CHECKING:
+    from lmprog.backends.base import Backend
+
+ALL_CONSTRAINTS = frozenset({"regex", "json_schema", "choices", "grammar"})
+SAMPLING_EXTRAS = ("top_k", "min_p", "min_tokens", "ignore_eos", "stop_token_ids")
+
+
+class Server(Protocol):
+    """What a dialect may ask of the client talking to its server."""
+
+    name: str
+    model: str
+
+    async def get(self, path: str) -> Any:
+        """The JSON a GET of `path` (from the server's root, e.g. "/props") answers."""
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        """The JSON a POST of `body` to `path` (from the server's root) answers."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How detection recognises a server: an endpoint only it has, and a check of its body."""
+
+    path: str
+    recognise: Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One server kind. The defaults describe a generic OpenAI-compatible server."""
+
+    kind: str  # the --backend spec prefix, and what detection reports ("vllm")
+    label: str  # how messages name the server ("vLLM")
+    completion_constraints: frozenset[str] = frozenset()
+    chat_constraints: frozenset[str] = frozenset()
+    grammar_syntaxes: frozenset[str] = frozenset()  # of "gbnf", "lark"
+    sampling_extras: bool = False  # takes SAMPLING_EXTRAS beside the OpenAI parameters
+    # Body fields that make the server continue a final assistant message (its prefill);
+    # None: it cannot, so a gen must start its assistant turn.
+    continue_fields: Mapping[str, Any] | None = None
+    echoes_prefill: bool = False  # its answer repeats the continued text first
+    max_tokens_key: str = "max_tokens"
+    serves_any_model: bool = False  # ignores the request's `model` (one model per server)
+    prefix_cache: bool = False
+    shared_cache: bool = False  # one cache for all requests: warming a shared prefix pays
+    self_hosted: bool = False  # sent plain JSON by lmprog's client rather than the SDK
+    probe: Probe | None = None
+    env_var: str | None = None  # where `lmprog backends` looks for a running one
+    native: Callable[[str], Backend] | None = None  # its own backend class, given a URL
+    unconditional_scores: bool = False  # select's unconditional method works here
+    extra_fields: Mapping[str, Any] = field(default_factory=dict)  # sent with every request
+
+    def capabilities(self, chat: bool) -> Capabilities:
+        scoring = {"token_length_normalized", "greedy_token_selection"}
+        if self.unconditional_scores and not chat:
+            scoring.add("unconditional_likelihood_normalized")
+        return Capabilities(
+            constraints=self.chat_constraints if chat else self.completion_constraints,
+            grammar_syntaxes=self.grammar_syntaxes,
+            choices_methods=frozenset(scoring),
+            chat_only=chat,
+            images=chat,
+            streaming=True,
+            logprobs=True,
+            prefix_cache=self.prefix_cache,
+        )
+
+    def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
+        """The body fields that make the server enforce `constraint` (one it declares).
+        By default OpenAI's structured outputs, which only chat requests take."""
+        return {"response_format": response_format(constraint)}
+
+    async def chat_template(self, server: Server) -> ChatTemplate | None:
+        """The model's own template, where the server tells it; None where it does not."""
+        return None
+
+    async def score_choices(
+        self,
+        server: Server,
+        context: GenerateRequest,
+        choices: tuple[str, ...],
+        method: ChoicesMethod,
+    ) -> list[ChoiceLogprobs] | None:
+        """Exact choice scores where the server can give them; None: lp.OpenAI constrains a
+        generation to the choices instead."""
+        return None
+
+
+def response_format(constraint: Constraint) -> dict[str, Any]:
+    """OpenAI structured outputs: the schema itself, or a wrapper object for choices (the
+    API needs an object at the top level; lp.OpenAI unwraps the answer)."""
+    if constraint.kind == "choices":
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                CHOICE_FIELD: {"type": "string", "enum": list(constraint.choices)},
+            },
+            "required": [CHOICE_FIELD],
+            "additionalProperties": False,
+        }
+    else:
+        assert constraint.schema is not None
+        schema = constraint.schema
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": strict_ok(schema)},
+    }
+
+
+CHOICE_FIELD = "lmprog_choice"
+
+
+def strict_ok(schema: dict[str, Any]) -> bool:
+    """OpenAI's strict mode needs every object closed and every property required."""
+    if schema.get("type") == "object":
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties", True) is not False:
+            return False
+        if set(schema.get("required", [])) != set(properties):
+            return False
+        return all(strict_ok(p) for p in properties.values())
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return strict_ok(schema["items"])
+    return not any(k in schema for k in ("anyOf", "oneOf", "allOf", "$ref", "$defs"))
+
+
+OPENAI_API = Dialect(
+    kind="openai",
+    label="the OpenAI API",
+    chat_constraints=frozenset({"json_schema", "choices"}),
+    max_tokens_key="max_completion_tokens",
+)
+GENERIC = Dialect(
+    kind="generic",
+    label="an OpenAI-compatible server",
+    chat_constraints=frozenset({"json_schema"}),
+)

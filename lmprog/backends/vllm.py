@@ -1,0 +1,206 @@
+"""lp.VLLM: a vLLM server, and vLLM's dialect of the OpenAI API.
+
+vLLM enforces regex, JSON schemas, choices and grammars (GBNF or Lark) through the
+`structured_outputs` field on both endpoints, continues a final assistant message with
+`continue_final_message`, shares one prefix cache between all requests (so a shared prefix is
+worth computing once before a fork), and reads prompts back with their logprobs, which gives
+`select` exact scores for every method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from lmprog.backends.base import GenerateRequest, Generation, TextCallback
+from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe, Server
+from lmprog.backends.openai import OpenAI
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
+from lmprog.constraints import Constraint
+from lmprog.errors import BackendError, BackendResponseError
+from lmprog.prefix import shared_prefix_length
+from lmprog.templates import ChatTemplate
+
+
+class VLLM(OpenAI):
+    """A vLLM server, through its completions API: regex/json/choice/grammar enforced with
+    `structured_outputs`, `select` scored exactly from prompt logprobs, prefix caching.
+
+    model: the served model (default: the only one `/v1/models` lists). chat_template: a
+    built-in name or Jinja source; by default the one in the model's files when the server's
+    model folder is readable from here.
+    """
+
+    template_hint = "start vLLM where its model folder is readable from here"
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        model: str | None = None,
+        *,
+        chat_template: str | ChatTemplate | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        base = url.rstrip("/")
+        super().__init__(
+            model or "",
+            base_url=base if base.endswith("/v1") else base + "/v1",
+            api_key=api_key,
+            is_chat_model=False,
+            server=DIALECT,
+            chat_template=chat_template,
+            timeout=timeout,
+            **client_kwargs,
+        )
+        self.name = f"lp.VLLM({url!r})"
+
+    async def _resolve_model(self) -> None:
+        """With no model= given, use the one model the server serves."""
+        if self.model:
+            return
+        listed = await self.models()
+        if len(listed) != 1:
+            raise BackendError(f"{self.name} serves {listed}: pass model= to pick one")
+        self.model = listed[0]
+
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        await self._resolve_model()
+        return await super().generate(request, on_text)
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        await self._resolve_model()
+        return await super().score_choices(context, choices, method)
+
+    async def warm(self, prompt: str) -> None:
+        await self._resolve_model()
+        await super().warm(prompt)
+
+    async def ping(self) -> None:
+        await self._resolve_model()
+        await super().ping()
+
+    async def _model_chat_template(self) -> ChatTemplate | None:
+        await self._resolve_model()
+        return await super()._model_chat_template()
+
+
+class _VLLMDialect(Dialect):
+    def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
+        if constraint.kind == "regex":
+            return {"structured_outputs": {"regex": constraint.pattern}}
+        if constraint.kind == "choices":
+            return {"structured_outputs": {"choice": list(constraint.choices)}}
+        if constraint.kind == "json_schema":
+            return {"structured_outputs": {"json": constraint.schema}}
+        return {"structured_outputs": {"grammar": constraint.grammar}}
+
+    async def chat_template(self, server: Server) -> ChatTemplate | None:
+        """The one in the served model's folder (`root` in /v1/models), when readable here."""
+        listed = await server.get("/v1/models")
+        served = next((m for m in listed.get("data", []) if m.get("id") == server.model), None)
+        root = served.get("root") if isinstance(served, dict) else None
+        return ChatTemplate.from_model_dir(root) if root else None
+
+    async def score_choices(
+        self,
+        server: Server,
+        context: GenerateRequest,
+        choices: tuple[str, ...],
+        method: ChoicesMethod,
+    ) -> list[ChoiceLogprobs] | None:
+        """Exact scores from prompt logprobs: two requests at once, whatever the choices.
+
+        Every prompt+choice goes as text in one scoring request, whose prompt logprobs name the
+        token ids the server read; the prompt alone is tokenized beside it, and a choice's
+        tokens are those after the ones it shares with the prompt (a word straddling the
+        boundary is settled the way the model reads it).
+        """
+        prompt_ids, fulls = await asyncio.gather(
+            _tokenize(server, context.prompt),
+            _read_prompts(server, [context.prompt + choice for choice in choices]),
+        )
+        scored, own_ids = [], []
+        for choice, full in zip(choices, fulls, strict=True):
+            ids = [prompt_ids[0] if prompt_ids else -1] + [token for token, _, _ in full[1:]]
+            start = max(1, shared_prefix_length(prompt_ids, ids))  # the first has no logprob
+            own = full[start:]
+            own_ids.append([token for token, _, _ in own])
+            scored.append(
+                ChoiceLogprobs(
+                    choice, tuple(lp for _, lp, _ in own), tuple(piece for _, _, piece in own)
+                )
+            )
+        if method.requires_unconditional_logprobs:
+            bos = (await _tokenize(server, ""))[:1]
+            alone = await _read_prompts(server, [bos + ids for ids in own_ids])
+            scored = [
+                ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, tuple(lp for _, lp, _ in a))
+                for c, a in zip(scored, (read[len(bos) :] for read in alone), strict=True)
+            ]
+        return scored
+
+
+async def _read_prompts(
+    server: Server, prompts: list[str] | list[list[int]]
+) -> list[list[tuple[int, float, str]]]:
+    """(token id, logprob, piece) of every token of each prompt (text or token ids) as the
+    server read it, teacher-forced, in one request. The first token has no logprob: its entry
+    is a placeholder (-1, 0.0, "")."""
+    body = {
+        "model": server.model,
+        "prompt": prompts,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": 0,
+    }
+    response = await server.post("/v1/completions", body)
+    results: list[list[tuple[int, float, str]]] = [[] for _ in prompts]
+    try:
+        for choice in response["choices"]:
+            entries = choice.get("prompt_logprobs")
+            if entries is None:
+                raise BackendResponseError(f"{server.name} returned no prompt logprobs")
+            read = [(-1, 0.0, "")]
+            for entry in entries[1:]:
+                ((token, info),) = entry.items()  # prompt_logprobs=0: the read token only
+                read.append((int(token), float(info["logprob"]), str(info["decoded_token"])))
+            results[choice["index"]] = read
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise BackendResponseError(
+            f"{server.name} sent prompt logprobs lmprog could not read: {exc!r}"
+        ) from exc
+    return results
+
+
+async def _tokenize(server: Server, text: str) -> list[int]:
+    body = {"model": server.model, "prompt": text, "add_special_tokens": True}
+    reply = await server.post("/tokenize", body)
+    return [int(t) for t in reply["tokens"]]
+
+
+def _is_vllm(body: Any) -> bool:
+    return isinstance(body, dict) and "version" in body
+
+
+DIALECT = _VLLMDialect(
+    kind="vllm",
+    label="vLLM",
+    completion_constraints=ALL_CONSTRAINTS,
+    chat_constraints=ALL_CONSTRAINTS,
+    grammar_syntaxes=frozenset({"gbnf", "lark"}),
+    sampling_extras=True,
+    continue_fields={"continue_final_message": True, "add_generation_prompt": False},
+    prefix_cache=True,
+    shared_cache=True,
+    self_hosted=True,
+    probe=Probe("/version", _is_vllm),
+    env_var="LMPROG_VLLM_URL",
+    native=VLLM,
+    unconditional_scores=True,
+)
