@@ -28,10 +28,9 @@ from lmprog.ir import (
     Think,
     as_node,
 )
-from lmprog.tools import tool_specs, tools_constraint
+from lmprog.tools import ToolSpec, tool_specs, tools_constraint
 
 DEFAULT_THINK_BUDGET = 256  # tokens of reasoning when gen(think=True) sets no budget
-_NOT_FOR_GEN = ("think", "think_budget", "think_delimiters", "fallback", "max_attempts")
 
 
 def gen(
@@ -83,7 +82,41 @@ def gen(
         raise ValueError(f'gen(fallback=...) must be "validate" or None, got {fallback!r}')
     if max_attempts < 1:
         raise ValueError(f"gen(max_attempts=...) must be at least 1, got {max_attempts}")
-    answer = _gen(**{k: v for k, v in locals().items() if k not in _NOT_FOR_GEN})
+    if n < 1:
+        raise ValueError(f"gen(n=...) must be at least 1, got {n}")
+    limit = max_tokens if max_tokens is not None else max_new_tokens
+    if limit is not None and limit < 0:
+        raise ValueError(f"gen(max_tokens=...) must not be negative, got {limit}")
+    answer: Node
+    if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
+        method = choices_method or token_length_normalized
+        answer = select(name, choices, choices_method=method, temperature=temperature or 0.0)
+    else:
+        constraint, specs = _gen_constraint(
+            name, regex, json_schema, type, choices, grammar, dtype, tools
+        )
+        answer = Gen(
+            name=name,
+            sampling=SamplingParams.from_kwargs(
+                max_new_tokens=limit,
+                stop=stop,
+                stop_token_ids=stop_token_ids,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                min_p=min_p,
+                min_tokens=min_tokens,
+                frequency_penalty=frequency_penalty,
+                presence_penalty=presence_penalty,
+                seed=seed,
+                ignore_eos=ignore_eos or None,
+            ),
+            constraint=constraint,
+            n=n,
+            return_logprob=return_logprob,
+            top_logprobs_num=top_logprobs_num,
+            tools=specs,
+        )
     if fallback is not None and isinstance(answer, Gen) and answer.constraint is not None:
         answer = replace(answer, validate_attempts=max_attempts)
     if not think and think_budget is None:
@@ -102,36 +135,18 @@ def gen(
     return reasoning + answer
 
 
-def _gen(
+def _gen_constraint(
     name: str | None,
-    max_tokens: int | None,
-    stop: str | Sequence[str] | None,
-    stop_token_ids: Sequence[int] | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    min_p: float | None,
-    min_tokens: int | None,
-    n: int,
     regex: str | None,
     json_schema: dict[str, Any] | str | None,
     type: Any,
     choices: Sequence[str] | None,
     grammar: str | None,
-    choices_method: ChoicesMethod | None,
     dtype: Any,
-    return_logprob: bool,
-    top_logprobs_num: int,
-    ignore_eos: bool,
     tools: Sequence[Callable[..., Any] | dict[str, Any]] | None,
-    frequency_penalty: float | None,
-    presence_penalty: float | None,
-    seed: int | None,
-    max_new_tokens: int | None,
-) -> Node:
-    if choices is not None and (regex, json_schema, type, grammar, dtype) == (None,) * 5:
-        method = choices_method or token_length_normalized
-        return select(name, choices, choices_method=method, temperature=temperature or 0.0)
+) -> tuple[Constraint | None, tuple[ToolSpec, ...]]:
+    """The one constraint a gen's arguments ask for, and its tools; a ConstraintError names
+    the gen."""
     try:
         constraint = make_constraint(
             regex=regex,
@@ -149,34 +164,7 @@ def _gen(
     except ConstraintError as exc:
         exc.primitive = f"gen({name!r})" if name else "gen()"
         raise
-    if n < 1:
-        raise ValueError(f"gen(n=...) must be at least 1, got {n}")
-    limit = max_tokens if max_tokens is not None else max_new_tokens
-    if limit is not None and limit < 0:
-        raise ValueError(f"gen(max_tokens=...) must not be negative, got {limit}")
-    sampling = SamplingParams.from_kwargs(
-        max_new_tokens=limit,
-        stop=stop,
-        stop_token_ids=stop_token_ids,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        min_tokens=min_tokens,
-        frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty,
-        seed=seed,
-        ignore_eos=ignore_eos or None,
-    )
-    return Gen(
-        name=name,
-        sampling=sampling,
-        constraint=constraint,
-        n=n,
-        return_logprob=return_logprob,
-        top_logprobs_num=top_logprobs_num,
-        tools=specs,
-    )
+    return constraint, specs
 
 
 def gen_int(name: str | None = None, **kwargs: Any) -> Node:
