@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ def common_prefix_length(a: str, b: str) -> int:
     return low
 
 
-def shared_prefix_length(a: list[int], b: list[int]) -> int:
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading token ids two tokenizations share (where a choice's tokens start)."""
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -73,3 +73,20 @@ class PrefixIndex(Generic[T]):
             self._values.move_to_end(key)
         while len(self._values) > self.capacity:
             self._values.popitem(last=False)
+
+
+def split_choice(
+    prompt_ids: Sequence[int],
+    full: list[T],
+    token_id: Callable[[T], int] | None = None,
+    at_least: int = 0,
+) -> tuple[list[T], list[T]]:
+    """Prompt+choice, tokenized as a whole, split where it leaves the prompt's tokenization:
+    (the tokens it shares with the prompt, the choice's own tokens). Scoring a choice from its
+    own tokens settles a word that straddles the boundary the way the model reads it.
+
+    `full` may hold richer entries than ids (`token_id` reads the id of one); the split comes
+    at `at_least` or later (a first token that has no logprob)."""
+    ids = [token_id(entry) for entry in full] if token_id else full
+    shared = max(at_least, shared_prefix_length(prompt_ids, ids))  # type: ignore[arg-type]
+    return full[:shared], full[shared:]

@@ -25,7 +25,7 @@ from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
-from lmprog.prefix import shared_prefix_length
+from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
 _FINISH = {"eos": "stop", "word": "stop", "limit": "length", "none": None}
@@ -202,13 +202,13 @@ class LlamaCpp(Backend):
         prompt_ids = [i for i, _ in tokenized[0]]
         scored = []
         for choice, full in zip(choices, tokenized[1:], strict=True):
-            shared = shared_prefix_length(prompt_ids, [i for i, _ in full])
-            before, ids = [i for i, _ in full[:shared]], [i for i, _ in full[shared:]]
-            logprobs = await self._forced(before, ids)
+            before, own = split_choice(prompt_ids, full, token_id=lambda entry: entry[0])
+            ids = [i for i, _ in own]
+            logprobs = await self._forced([i for i, _ in before], ids)
             unconditional = None
             if method.requires_unconditional_logprobs:
                 unconditional = await self._unconditional(ids)
-            pieces = tuple(piece for _, piece in full[shared:])
+            pieces = tuple(piece for _, piece in own)
             scored.append(ChoiceLogprobs(choice, logprobs, pieces, unconditional))
         return scored
 

@@ -21,7 +21,7 @@ from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendResponseError
-from lmprog.prefix import shared_prefix_length
+from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
 
@@ -156,8 +156,7 @@ class SGLang(Backend):
         scored = []
         for i, choice in enumerate(choices):
             full = _input_tokens(results[1 + i])
-            start = shared_prefix_length([t for t, _, _ in prompt], [t for t, _, _ in full])
-            own = full[start:]
+            _, own = split_choice([t for t, _, _ in prompt], full, token_id=lambda entry: entry[0])
             unconditional = None
             if method.requires_unconditional_logprobs:
                 alone = _input_tokens(results[1 + len(choices) + i])[-len(own) :] if own else []

@@ -18,7 +18,7 @@ from lmprog.backends.openai import OpenAI
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendError, BackendResponseError
-from lmprog.prefix import shared_prefix_length
+from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
 
@@ -127,9 +127,9 @@ class _VLLMDialect(Dialect):
         )
         scored, own_ids = [], []
         for choice, full in zip(choices, fulls, strict=True):
-            ids = [prompt_ids[0] if prompt_ids else -1] + [token for token, _, _ in full[1:]]
-            start = max(1, shared_prefix_length(prompt_ids, ids))  # the first has no logprob
-            own = full[start:]
+            # the first entry is a placeholder: the first token has no logprob
+            full = [(prompt_ids[0] if prompt_ids else -1, 0.0, ""), *full[1:]]
+            _, own = split_choice(prompt_ids, full, token_id=lambda entry: entry[0], at_least=1)
             own_ids.append([token for token, _, _ in own])
             scored.append(
                 ChoiceLogprobs(
