@@ -478,10 +478,6 @@ _BEFORE_DETECTION = Dialect(
 def _dialect_of(server: str | Dialect) -> Dialect:
     if isinstance(server, Dialect):
         return server
-    if server == OPENAI_API.kind:
-        return OPENAI_API
-    if server == GENERIC.kind:
-        return GENERIC
     from lmprog.backends.detect import by_kind  # see OpenAI.dialect
 
     return by_kind(server)
