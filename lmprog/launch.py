@@ -12,202 +12,31 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 from lmprog.backends.base import Backend, WrappedBackend
-from lmprog.backends.llamacpp import LlamaCpp
-from lmprog.backends.sglang import SGLang
-from lmprog.backends.vllm import VLLM
+from lmprog.backends.detect import SERVERS
+from lmprog.backends.dialect import LaunchSpec
 from lmprog.errors import BackendUnavailableError, LmprogError
-from lmprog.paths import cache_dir
 from lmprog.templates import ChatTemplate
 
 GUARD = Path(__file__).with_name("engine_guard.py")  # stops the engine if this process dies
-
-
-def llama_server_binary() -> Path:
-    """$LMPROG_LLAMA_SERVER, else the newest build in the cache, else `llama-server` on PATH."""
-    given = os.environ.get("LMPROG_LLAMA_SERVER")
-    if given:
-        return Path(given)
-    built = sorted(cache_dir().glob("llama.cpp/*/bin/llama-server"))
-    if built:
-        return built[-1]
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path)
-    raise LmprogError(
-        "no llama-server binary: build one with `bash backends/llamacpp/build.sh` (from the "
-        "lmprog repository), or set LMPROG_LLAMA_SERVER to an existing binary"
-    )
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _flags(engine_args: dict[str, Any]) -> list[str]:
-    """`threads=2, n_gpu_layers=0, no_webui=True` -> `--threads 2 --n-gpu-layers 0 --no-webui`."""
-    flags: list[str] = []
-    for key, value in engine_args.items():
-        if value is None or value is False:
-            continue
-        flags.append("--" + key.replace("_", "-"))
-        if value is not True:
-            flags.append(str(value))
-    return flags
-
-
-@dataclass(frozen=True)
-class _Launch:
-    """How one engine is started: its command line, environment, and the backend for it."""
-
-    command: list[str]
-    env: dict[str, str]
-    backend: Backend
-
-
-def _llama_cpp(
-    model: Path,
-    url: str,
-    port: int,
-    slots: int,
-    ctx_per_slot: int,
-    chat_template: str | ChatTemplate | None,
-    engine_args: dict[str, Any],
-) -> _Launch:
-    if not model.is_file():
-        raise FileNotFoundError(f"lp.Runtime: no model file at {model}")
-    command = [
-        str(llama_server_binary()),
-        "--model",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--parallel",
-        str(slots),
-        "--ctx-size",
-        str(slots * ctx_per_slot),
-        "--swa-full",  # full prefix reuse on sliding-window models such as Gemma 3
-        *_flags(engine_args),
-    ]
-    return _Launch(command, dict(os.environ), LlamaCpp(url, chat_template=chat_template))
-
-
-# llguidance enforces regex, choice, JSON schema and both GBNF and Lark grammars; with
-# disable_any_whitespace a weak model cannot fill JSON with whitespace (vLLM's default let
-# the tiny test model write 60 newlines inside `{`).
-VLLM_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
-
-
-def _vllm(
-    model: Path,
-    url: str,
-    port: int,
-    slots: int,
-    ctx_per_slot: int,
-    chat_template: str | ChatTemplate | None,
-    engine_args: dict[str, Any],
-) -> _Launch:
-    if not model.is_dir():
-        raise FileNotFoundError(f"lp.Runtime: no model folder at {model}")
-    name = str(engine_args.pop("served_model_name", model.name))
-    command = [
-        str(vllm_python()),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--served-model-name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-model-len",
-        str(ctx_per_slot),
-        "--max-num-seqs",
-        str(slots),
-        "--enable-prefix-caching",
-        "--enable-prompt-tokens-details",  # prefix-cache hits in usage
-        "--disable-uvicorn-access-log",
-        "--structured-outputs-config",
-        json.dumps(VLLM_STRUCTURED_OUTPUTS),
-        *_flags(engine_args),
-    ]
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),  # GiB
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "PYTHONUNBUFFERED": "1",  # so the log tail in errors is current
-    }
-    return _Launch(command, env, VLLM(url, model=name, chat_template=chat_template))
-
-
-def _sglang(
-    model: Path,
-    url: str,
-    port: int,
-    slots: int,
-    ctx_per_slot: int,
-    chat_template: str | ChatTemplate | None,
-    engine_args: dict[str, Any],
-) -> _Launch:
-    """SGLang's server (it needs a GPU): a model folder, or a hub id the server downloads."""
-    command = [
-        os.environ.get("LMPROG_SGLANG_PYTHON") or sys.executable,
-        "-m",
-        "sglang.launch_server",
-        "--model-path",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-running-requests",
-        str(slots),
-        "--context-length",
-        str(ctx_per_slot),
-        *_flags(engine_args),
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return _Launch(command, env, SGLang(url, chat_template=chat_template))
-
-
-_ENGINES = {"llama.cpp": _llama_cpp, "vllm": _vllm, "sglang": _sglang}
-
-
-def vllm_python() -> Path:
-    """$LMPROG_VLLM_PYTHON, else the interpreter of the venv backends/vllm/install.sh made."""
-    given = os.environ.get("LMPROG_VLLM_PYTHON")
-    if given:
-        return Path(given)
-    for flavour in ("vllm-gpu-venv", "vllm-cpu-venv"):
-        python = cache_dir() / flavour / "bin" / "python"
-        if python.is_file():
-            return python
-    raise LmprogError(
-        "vLLM is not installed: run `bash backends/vllm/install.sh` (from the lmprog "
-        "repository; it makes a virtual environment of its own), or set LMPROG_VLLM_PYTHON"
-    )
 
 
 class Runtime(WrappedBackend):
@@ -237,10 +66,11 @@ class Runtime(WrappedBackend):
         port: int | None = None,
         **engine_args: Any,
     ) -> None:
-        recipe = _ENGINES.get(engine)
+        launchers = {d.engine: d.launch for d in SERVERS if d.engine and d.launch}
+        recipe = launchers.get(engine)
         if recipe is None:
             raise LmprogError(
-                f"lp.Runtime cannot launch {engine!r} yet; it launches {sorted(_ENGINES)}"
+                f"lp.Runtime cannot launch {engine!r} yet; it launches {sorted(launchers)}"
             )
         self.engine = engine
         self.model = Path(model)
@@ -248,7 +78,9 @@ class Runtime(WrappedBackend):
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"
         launch = recipe(
-            self.model, self.url, self.port, slots, ctx_per_slot, chat_template, engine_args
+            LaunchSpec(
+                self.model, self.url, self.port, slots, ctx_per_slot, chat_template, engine_args
+            )
         )
         self._own_log = log_path is None  # a temporary log is removed at shutdown
         self.log_path = Path(

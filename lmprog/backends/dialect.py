@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lmprog.backends.base import Capabilities, GenerateRequest
@@ -48,6 +49,41 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class LaunchSpec:
+    """What lp.Runtime asks of an engine: serve `model` at `url` with `slots` sequences of
+    `ctx_per_slot` tokens; any other keyword becomes a command-line flag."""
+
+    model: Path
+    url: str
+    port: int
+    slots: int
+    ctx_per_slot: int
+    chat_template: str | ChatTemplate | None
+    engine_args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one engine is started: its command line, environment, and the backend for it."""
+
+    command: list[str]
+    env: dict[str, str]
+    backend: Backend
+
+
+def engine_flags(engine_args: dict[str, Any]) -> list[str]:
+    """`threads=2, n_gpu_layers=0, no_webui=True` -> `--threads 2 --n-gpu-layers 0 --no-webui`."""
+    flags: list[str] = []
+    for key, value in engine_args.items():
+        if value is None or value is False:
+            continue
+        flags.append("--" + key.replace("_", "-"))
+        if value is not True:
+            flags.append(str(value))
+    return flags
+
+
+@dataclass(frozen=True)
 class Dialect:
     """One server kind. The defaults describe a generic OpenAI-compatible server."""
 
@@ -69,6 +105,8 @@ class Dialect:
     probe: Probe | None = None
     env_var: str | None = None  # where `lmprog backends` looks for a running one
     native: Callable[[str], Backend] | None = None  # its own backend class, given a URL
+    engine: str | None = None  # lp.Runtime's name for it ("llama.cpp")
+    launch: Callable[[LaunchSpec], Launch] | None = None  # its command line, for lp.Runtime
     unconditional_scores: bool = False  # select's unconditional method works here
     extra_fields: Mapping[str, Any] = field(default_factory=dict)  # sent with every request
 

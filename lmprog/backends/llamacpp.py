@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from lmprog.backends.base import (
@@ -19,12 +22,21 @@ from lmprog.backends.base import (
     Generation,
     TextCallback,
 )
-from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe, Server
+from lmprog.backends.dialect import (
+    ALL_CONSTRAINTS,
+    Dialect,
+    Launch,
+    LaunchSpec,
+    Probe,
+    Server,
+    engine_flags,
+)
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
+from lmprog.errors import BackendError, BackendResponseError, LmprogError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
+from lmprog.paths import cache_dir
 from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
@@ -268,6 +280,49 @@ def constraint_fields(constraint: Constraint) -> dict[str, Any]:
     return {"grammar": constraint.grammar}
 
 
+# ----- launching (lp.Runtime) -----------------------------------------------------------------
+
+
+def llama_server_binary() -> Path:
+    """$LMPROG_LLAMA_SERVER, else the newest build in the cache, else `llama-server` on PATH."""
+    given = os.environ.get("LMPROG_LLAMA_SERVER")
+    if given:
+        return Path(given)
+    built = sorted(cache_dir().glob("llama.cpp/*/bin/llama-server"))
+    if built:
+        return built[-1]
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    raise LmprogError(
+        "no llama-server binary: build one with `bash backends/llamacpp/build.sh` (from the "
+        "lmprog repository), or set LMPROG_LLAMA_SERVER to an existing binary"
+    )
+
+
+def launch(spec: LaunchSpec) -> Launch:
+    """llama-server on a GGUF file, `slots` parallel slots, full prefix reuse on SWA models."""
+    model = spec.model
+    if not model.is_file():
+        raise FileNotFoundError(f"lp.Runtime: no model file at {model}")
+    command = [
+        str(llama_server_binary()),
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(spec.port),
+        "--parallel",
+        str(spec.slots),
+        "--ctx-size",
+        str(spec.slots * spec.ctx_per_slot),
+        "--swa-full",  # full prefix reuse on sliding-window models such as Gemma 3
+        *engine_flags(spec.engine_args),
+    ]
+    return Launch(command, dict(os.environ), LlamaCpp(spec.url, chat_template=spec.chat_template))
+
+
 class _LlamaCppDialect(Dialect):
     def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
         return constraint_fields(constraint)
@@ -296,4 +351,6 @@ DIALECT = _LlamaCppDialect(
     probe=Probe("/props", _is_llama_server),
     env_var="LMPROG_LLAMACPP_URL",
     native=LlamaCpp,
+    engine="llama.cpp",
+    launch=launch,
 )

@@ -34,7 +34,6 @@ from lmprog.backends.base import (
 )
 from lmprog.backends.dialect import (
     CHOICE_FIELD,
-    GENERIC,
     OPENAI_API,
     SAMPLING_EXTRAS,
     Dialect,
@@ -193,9 +192,7 @@ class OpenAI(Backend):
             assert self.base_url is not None
             root = self.base_url.removesuffix("/v1")
             label = self._dialect.label if self._dialect else self.name
-            self._root_client = JsonClient(
-                root, label, self._client_args["timeout"], self._api_key
-            )
+            self._root_client = JsonClient(root, label, self._client_args["timeout"], self._api_key)
         return self._root_client
 
     # ----- generation ----------------------------------------------------------------------
@@ -484,6 +481,7 @@ def _dialect_of(server: str | Dialect) -> Dialect:
 
 
 # ----- request and response shapes ------------------------------------------------------------
+
 
 class _Skip:
     """Passes streamed text on, minus the first `count` characters (an echoed prefill)."""

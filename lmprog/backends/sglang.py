@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import sys
 from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
-from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe
+from lmprog.backends.dialect import (
+    ALL_CONSTRAINTS,
+    Dialect,
+    Launch,
+    LaunchSpec,
+    Probe,
+    engine_flags,
+)
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
@@ -233,6 +242,31 @@ def _is_sglang(model_info: Any) -> bool:
     return isinstance(model_info, dict) and "model_path" in model_info
 
 
+# ----- launching (lp.Runtime) ------------------------------------------------------------------
+
+
+def launch(spec: LaunchSpec) -> Launch:
+    """SGLang's server: a model folder, or a hub id the server downloads."""
+    command = [
+        os.environ.get("LMPROG_SGLANG_PYTHON") or sys.executable,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        str(spec.model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(spec.port),
+        "--max-running-requests",
+        str(spec.slots),
+        "--context-length",
+        str(spec.ctx_per_slot),
+        *engine_flags(spec.engine_args),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return Launch(command, env, SGLang(spec.url, chat_template=spec.chat_template))
+
+
 DIALECT = _SGLangDialect(
     kind="sglang",
     label="SGLang",
@@ -246,4 +280,6 @@ DIALECT = _SGLangDialect(
     probe=Probe("/get_model_info", _is_sglang),
     env_var="LMPROG_SGLANG_URL",
     native=SGLang,
+    engine="sglang",
+    launch=launch,
 )

@@ -10,14 +10,26 @@ worth computing once before a fork), and reads prompts back with their logprobs,
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from lmprog.backends.base import GenerateRequest, Generation, TextCallback
-from lmprog.backends.dialect import ALL_CONSTRAINTS, Dialect, Probe, Server
+from lmprog.backends.dialect import (
+    ALL_CONSTRAINTS,
+    Dialect,
+    Launch,
+    LaunchSpec,
+    Probe,
+    Server,
+    engine_flags,
+)
 from lmprog.backends.openai import OpenAI
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendError, BackendResponseError
+from lmprog.errors import BackendError, BackendResponseError, LmprogError
+from lmprog.paths import cache_dir
 from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
@@ -188,6 +200,69 @@ def _is_vllm(body: Any) -> bool:
     return isinstance(body, dict) and "version" in body
 
 
+# ----- launching (lp.Runtime) ------------------------------------------------------------------
+
+# llguidance enforces regex, choice, JSON schema and both GBNF and Lark grammars; with
+# disable_any_whitespace a weak model cannot fill JSON with whitespace (vLLM's default let
+# the tiny test model write 60 newlines inside `{`).
+VLLM_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def launch(spec: LaunchSpec) -> Launch:
+    """vLLM's OpenAI server on a model folder, from the venv backends/vllm/install.sh made."""
+    model = spec.model
+    if not model.is_dir():
+        raise FileNotFoundError(f"lp.Runtime: no model folder at {model}")
+    engine_args = dict(spec.engine_args)
+    name = str(engine_args.pop("served_model_name", model.name))
+    command = [
+        str(vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(spec.port),
+        "--max-model-len",
+        str(spec.ctx_per_slot),
+        "--max-num-seqs",
+        str(spec.slots),
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",  # prefix-cache hits in usage
+        "--disable-uvicorn-access-log",
+        "--structured-outputs-config",
+        json.dumps(VLLM_STRUCTURED_OUTPUTS),
+        *engine_flags(engine_args),
+    ]
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),  # GiB
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "PYTHONUNBUFFERED": "1",  # so the log tail in errors is current
+    }
+    return Launch(command, env, VLLM(spec.url, model=name, chat_template=spec.chat_template))
+
+
+def vllm_python() -> Path:
+    """$LMPROG_VLLM_PYTHON, else the interpreter of the venv backends/vllm/install.sh made."""
+    given = os.environ.get("LMPROG_VLLM_PYTHON")
+    if given:
+        return Path(given)
+    for flavour in ("vllm-gpu-venv", "vllm-cpu-venv"):
+        python = cache_dir() / flavour / "bin" / "python"
+        if python.is_file():
+            return python
+    raise LmprogError(
+        "vLLM is not installed: run `bash backends/vllm/install.sh` (from the lmprog "
+        "repository; it makes a virtual environment of its own), or set LMPROG_VLLM_PYTHON"
+    )
+
+
 DIALECT = _VLLMDialect(
     kind="vllm",
     label="vLLM",
@@ -203,4 +278,6 @@ DIALECT = _VLLMDialect(
     env_var="LMPROG_VLLM_URL",
     native=VLLM,
     unconditional_scores=True,
+    engine="vllm",
+    launch=launch,
 )
