@@ -70,7 +70,7 @@ from lmprog.program import (
     set_default_backend,
 )
 from lmprog.state import Batch, ForkGroup, PartialStream, ProgramState
-from lmprog.templates import ChatTemplate
+from lmprog.templates import ChatTemplate, TemplateGuessWarning
 from lmprog.tools import ToolCall
 from lmprog.trace import OpenTelemetryTraces, Span, stop_tracing, trace_to, write_trace
 
@@ -127,6 +127,7 @@ __all__ = [
     "SGLang",
     "Span",
     "TemplateError",
+    "TemplateGuessWarning",
     "ToolCall",
     "UnsupportedFeatureError",
     "aembed",

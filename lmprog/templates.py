@@ -41,6 +41,11 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+class TemplateGuessWarning(UserWarning):
+    """A backend could not read the model's own chat template and uses a built-in one of the
+    same family; pass chat_template= to choose (and silence this)."""
+
+
 class ChatTemplate:
     """A compiled chat template. Untrusted templates from model files cannot reach Python
     internals or the filesystem: they run in jinja2's immutable sandbox."""
@@ -62,6 +67,17 @@ class ChatTemplate:
     def builtin(cls, name: str) -> ChatTemplate:
         """One of the templates shipped in lmprog/templates ("gemma3", "chatml")."""
         return _builtin(name)
+
+    @classmethod
+    def builtin_for(cls, family: str) -> ChatTemplate | None:
+        """The built-in template of a model family named in `family` (a model type such as
+        "gemma3", an architecture, or a template name such as SGLang's "gemma-it"), if lmprog
+        ships one; None otherwise."""
+        lowered = family.lower()
+        for fragment, name in _FAMILIES:
+            if fragment in lowered:
+                return _builtin(name)
+        return None
 
     @classmethod
     def given(cls, choice: str | ChatTemplate | None) -> ChatTemplate | None:
@@ -146,6 +162,10 @@ class ChatTemplate:
 
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name!r})"
+
+
+# Model families whose chat format a built-in template writes (a fragment of the family name).
+_FAMILIES = (("gemma", "gemma3"), ("chatml", "chatml"), ("qwen", "chatml"))
 
 
 @cache

@@ -15,6 +15,8 @@ import json
 import os
 import re
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
@@ -31,14 +33,14 @@ from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import BackendResponseError
 from lmprog.prefix import split_choice
-from lmprog.templates import ChatTemplate
+from lmprog.templates import ChatTemplate, TemplateGuessWarning
 
 
 class SGLang(Backend):
     """An SGLang server at `url` (e.g. started with `python -m sglang.launch_server`).
 
-    chat_template: a built-in name or Jinja source; by default the model's own, read from its
-    folder when the server's `model_path` is readable from here.
+    chat_template: a built-in name or Jinja source; by default the one the server renders
+    chats with, where a client can find it (see `_model_chat_template`).
     """
 
     capabilities = Capabilities(
@@ -88,8 +90,31 @@ class SGLang(Backend):
         await self._http.post("/flush_cache", {})
 
     async def _model_chat_template(self) -> ChatTemplate | None:
+        """The template the server renders chats with, found the way a client can: the
+        model's folder, or the file the server was started with (`--chat-template`), when
+        readable from here; else a built-in template of the name the server was given or of
+        the model's family, with a warning (the server's own may differ in details)."""
         info = await self.model_info()
-        return ChatTemplate.from_model_dir(info.get("model_path") or "")
+        own = ChatTemplate.from_model_dir(info.get("model_path") or "")
+        if own is not None:
+            return own
+        launched = await self.server_info()
+        given = str(launched.get("chat_template") or "")
+        if given and Path(given).is_file():
+            return ChatTemplate(Path(given).read_text(), name=Path(given).name)
+        families = [given, str(info.get("model_type") or ""), *(info.get("architectures") or ())]
+        for family in filter(None, families):
+            template = ChatTemplate.builtin_for(family)
+            if template is not None:
+                warnings.warn(
+                    f"{self.name}: the server's chat template is not readable from here; "
+                    f"using lmprog's built-in {template.name!r} template for {family!r}. "
+                    "Pass chat_template= to choose it yourself.",
+                    TemplateGuessWarning,
+                    stacklevel=2,
+                )
+                return template
+        return None
 
     # ----- generation ------------------------------------------------------------------------
 

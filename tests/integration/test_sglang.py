@@ -119,6 +119,42 @@ def test_images_and_chat_template_from_the_model_folder(server: FakeSGLang) -> N
     assert server.requests[-1]["image_data"][0].startswith("data:image/png;base64,")
 
 
+@lp.function
+def _chat(s):
+    s += lp.user("Hi") + lp.assistant(lp.gen("a", max_tokens=4))
+
+
+def test_a_remote_servers_template_file_is_read_when_readable(tmp_path) -> None:
+    """The real server started with `--chat-template FILE` on a model folder without one
+    (ENGINES.md): its /get_server_info names the file."""
+    template = tmp_path / "turns.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}[/]{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    with FakeSGLang(model_path="/not/here", chat_template=str(template)) as fake:
+        state = _chat.run(backend=lp.SGLang(fake.url))
+    assert state.error() is None
+    assert state.text().startswith("[user]Hi[/][assistant]")
+    assert state.messages()[0] == {"role": "user", "content": "Hi"}
+
+
+def test_a_template_the_client_cannot_read_falls_back_to_the_family_with_a_warning() -> None:
+    with FakeSGLang(
+        model_path="/not/here", chat_template="/srv/gemma.jinja", model_type="gemma3"
+    ) as fake, pytest.warns(lp.TemplateGuessWarning, match="gemma3"):
+        state = _chat.run(backend=lp.SGLang(fake.url))
+    assert state.error() is None
+    assert state.text().startswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_no_template_anywhere_is_a_clear_error() -> None:
+    with FakeSGLang(model_path="/not/here", model_type="mystery") as fake:
+        state = _chat.run(backend=lp.SGLang(fake.url))
+    assert "cannot find the model's chat template" in str(state.error())
+    assert "chat_template=" in str(state.error())
+
+
 def test_runtime_endpoint_is_the_sglang_spelling(server: FakeSGLang) -> None:
     assert lp.RuntimeEndpoint is lp.SGLang
     backend = lp.RuntimeEndpoint(server.url)

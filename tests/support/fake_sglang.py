@@ -22,8 +22,16 @@ def char_logprob(char: str) -> float:
 
 
 class FakeSGLang:
-    def __init__(self, model_path: str = "/nonexistent", port: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str = "/nonexistent",
+        port: int = 0,
+        chat_template: str | None = None,
+        model_type: str = "llama",
+    ) -> None:
         self.model_path = model_path
+        self.chat_template = chat_template  # as given to --chat-template (a path or a name)
+        self.model_type = model_type
         self.requests: list[dict[str, Any]] = []
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -49,9 +57,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/get_model_info":
-            self._json({"model_path": self.fake.model_path, "is_generation": True})
+            self._json(
+                {
+                    "model_path": self.fake.model_path,
+                    "is_generation": True,
+                    "model_type": self.fake.model_type,
+                    "architectures": [self.fake.model_type.capitalize() + "ForCausalLM"],
+                }
+            )
         elif self.path == "/get_server_info":
-            self._json({"version": "stand-in", "model_path": self.fake.model_path})
+            # the real server: its launch arguments (chat_template among them) and version
+            self._json(
+                {
+                    "version": "stand-in",
+                    "model_path": self.fake.model_path,
+                    "chat_template": self.fake.chat_template,
+                }
+            )
         elif self.path == "/health":
             self._json({})
         else:
