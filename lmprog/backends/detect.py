@@ -12,13 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprog.backends import llamacpp, sglang, vllm
+from lmprog.backends import infinity, llamacpp, sglang, transformers_serve, vllm
 from lmprog.backends.dialect import GENERIC, OPENAI_API, Dialect
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.errors import BackendResponseError, LmprogError
 
 # The self-hosted engines lmprog knows, in the order they are probed.
-SERVERS: tuple[Dialect, ...] = (sglang.DIALECT, vllm.DIALECT, llamacpp.DIALECT)
+SERVERS: tuple[Dialect, ...] = (
+    sglang.DIALECT,
+    vllm.DIALECT,
+    llamacpp.DIALECT,
+    transformers_serve.DIALECT,
+    infinity.DIALECT,
+)
 PROBE_TIMEOUT_S = 10.0
 
 

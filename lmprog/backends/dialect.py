@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lmprog.backends.base import Capabilities, GenerateRequest
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
+from lmprog.ir import SamplingParams
 from lmprog.templates import ChatTemplate
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class Dialect:
     engine: str | None = None  # lp.Runtime's name for it ("llama.cpp")
     launch: Callable[[LaunchSpec], Launch] | None = None  # its command line, for lp.Runtime
     unconditional_scores: bool = False  # select's unconditional method works here
+    logprobs: bool = True  # returns the logprobs it is asked for
+    trims_stop: bool = True  # leaves a stop string out of its text (some leave it in)
+    generates: bool = True  # serves completions or chat (an embeddings server does not)
     extra_fields: Mapping[str, Any] = field(default_factory=dict)  # sent with every request
 
     def capabilities(self, chat: bool) -> Capabilities:
@@ -120,10 +124,14 @@ class Dialect:
             choices_methods=frozenset(scoring),
             chat_only=chat,
             images=chat,
-            streaming=True,
-            logprobs=True,
+            streaming=self.generates,
+            logprobs=self.logprobs,
             prefix_cache=self.prefix_cache,
         )
+
+    def sampling_fields(self, sampling: SamplingParams) -> dict[str, Any]:
+        """Fields a request needs for its sampling beyond the OpenAI parameters."""
+        return {}
 
     def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
         """The body fields that make the server enforce `constraint` (one it declares).

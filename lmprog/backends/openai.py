@@ -201,10 +201,16 @@ class OpenAI(Backend):
         self, request: GenerateRequest, on_text: TextCallback | None = None
     ) -> Generation:
         dialect = await self.dialect()
+        self._check_generates(dialect)
         self.check_constraint(request.constraint)
+        if (request.return_logprob or request.top_logprobs_num) and not dialect.logprobs:
+            raise UnsupportedFeatureError(
+                self.name, f"return logprobs ({dialect.label} ignores the request)"
+            )
+        cut_at = () if dialect.trims_stop else request.sampling.stop or ()
         if not self.is_chat_model:
             body = self._completion_body(request, dialect)
-            return await self._send("completion", body, on_text)
+            return await self._send("completion", body, on_text, cut_at=tuple(cut_at))
         body = self._chat_body(request, dialect)
         if "response_format" in body and request.constraint.kind == "choices":  # type: ignore[union-attr]
             # The choice comes wrapped in a JSON object: unwrap it, then show it.
@@ -214,7 +220,15 @@ class OpenAI(Backend):
                 on_text(generation.text)
             return generation
         echoed = request.prefill if dialect.echoes_prefill else ""
-        return await self._send("chat", body, on_text, echoed=echoed)
+        return await self._send("chat", body, on_text, echoed=echoed, cut_at=tuple(cut_at))
+
+    def _check_generates(self, dialect: Dialect) -> None:
+        if not dialect.generates:
+            raise UnsupportedFeatureError(
+                self.name,
+                f"generate text: {dialect.label} serves embeddings only",
+                "use it with lp.embed(texts, backend=...)",
+            )
 
     def _sampling(
         self, request: GenerateRequest, dialect: Dialect
@@ -238,6 +252,7 @@ class OpenAI(Backend):
             )
         return {k: v for k, v in standard.items() if v is not None}, {
             **dialect.extra_fields,
+            **dialect.sampling_fields(sampling),
             **extra,
         }
 
@@ -291,18 +306,25 @@ class OpenAI(Backend):
         body: dict[str, Any],
         on_text: TextCallback | None,
         echoed: str = "",
+        cut_at: tuple[str, ...] = (),
     ) -> Generation:
-        """Send one request; `echoed` is text the server repeats before its answer."""
+        """Send one request; `echoed` is text the server repeats before its answer, `cut_at`
+        the stop strings it leaves in the text."""
+        cut = _StopCut(cut_at, on_text) if on_text is not None and cut_at else None
         if on_text is None:
             generation = _generation(await self._create(kind, body), kind)
         else:
-            generation = await self._stream(kind, body, _Skip(echoed, on_text))
+            generation = await self._stream(kind, body, _Skip(echoed, cut or on_text))
         if echoed:
             if not generation.text.startswith(echoed):
                 raise BackendResponseError(
                     f"{self.name} did not continue the assistant prefill {echoed[-40:]!r}"
                 )
             generation.text = generation.text[len(echoed) :]
+        if cut_at:
+            generation.text = generation.text[: _first_stop(generation.text, cut_at)]
+            if cut is not None:
+                cut.flush()
         return generation
 
     async def _stream(self, kind: str, body: dict[str, Any], on_text: TextCallback) -> Generation:
@@ -407,6 +429,7 @@ class OpenAI(Backend):
         one field is an enum of the choices. The pick is reported as the only choice with a
         score, and the path taken in its `path`."""
         dialect = await self.dialect()
+        self._check_generates(dialect)
         if not self.is_chat_model:
             exact = await dialect.score_choices(self, context, choices, method)
             if exact is not None:
@@ -496,6 +519,47 @@ class _Skip:
             piece, self._left = piece[dropped:], self._left - dropped
         if piece:
             self._on_text(piece)
+
+
+class _StopCut:
+    """Passes streamed text on up to the first stop string (which the server left in), holding
+    back the few characters that might be the start of one until the next piece says."""
+
+    def __init__(self, stops: tuple[str, ...], on_text: TextCallback) -> None:
+        self._stops = stops
+        self._hold = max(len(s) for s in stops) - 1
+        self._on_text = on_text
+        self._pending = ""
+        self._stopped = False
+
+    def __call__(self, piece: str) -> None:
+        if self._stopped:
+            return
+        self._pending += piece
+        at = _first_stop(self._pending, self._stops)
+        if at < len(self._pending):
+            self._stopped = True
+            self._emit(self._pending[:at])
+            return
+        ready = len(self._pending) - self._hold
+        if ready > 0:
+            self._emit(self._pending[:ready])
+            self._pending = self._pending[ready:]
+
+    def flush(self) -> None:
+        if not self._stopped:
+            self._emit(self._pending)
+        self._pending = ""
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self._on_text(text)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the earliest stop string starts in `text` (its length if none does)."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found, default=len(text))
 
 
 def _message(message: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:

@@ -118,12 +118,17 @@ def test_a_single_string_and_a_large_batch(backend: lp.OpenAI, served: list[list
         assert cosine(alone, vectors[i]) > 0.9999
 
 
-def test_generation_on_an_embeddings_server_fails_cleanly(backend: lp.OpenAI) -> None:
+def test_generation_on_an_embeddings_server_is_refused_before_a_request(
+    backend: lp.OpenAI,
+) -> None:
+    """Detection knows infinity (the `owned_by` of its /v1/models entries): a gen is refused
+    with what to do instead, rather than sent to a /v1/completions that is not there."""
+
     @lp.function
     def prog(s):
         s += "Hello" + lp.gen("v", max_tokens=4)
 
     error = prog.run(backend=backend).error()
     assert error is not None
-    assert isinstance(error.cause, lp.BackendResponseError), error
-    assert "404" in str(error)  # no /v1/completions here
+    assert "serves embeddings only" in str(error) and "lp.embed" in str(error)
+    assert lp.loop.wait(backend.server()) == "infinity"

@@ -8,11 +8,10 @@ logprobs, cannot continue an assistant prefill, has no prefix cache, and rejects
 (top_k, ignore_eos, ...) with a 422. So constrained gens and selects must be refused by lmprog
 before any request, and sampling extras either honoured or refused, never sent to a 422.
 
-Tests marked `NEEDS_DIALECT` depend on lp.OpenAI recognising this server (the "transformers"
-dialect): trimming the stop string the server leaves in its text, refusing logprobs and chat
-json_schema (which it ignores), sampling when temperature > 0 (it stays greedy unless
-asked with `generation_config`). They are expected to fail until that detection lands (xfail,
-not strict: an XPASS means it has landed and the marker can go).
+lp.OpenAI recognises the server (lmprog/backends/transformers_serve.py, the "transformers"
+dialect) and so trims the stop string it leaves in its text, refuses logprobs and chat
+json_schema (which it ignores), and asks it to sample when temperature > 0 (it stays greedy
+unless told through `generation_config`).
 """
 
 from __future__ import annotations
@@ -36,12 +35,6 @@ from support.servers import (
 import lmprog as lp
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
-
-NEEDS_DIALECT = pytest.mark.xfail(
-    reason="needs lp.OpenAI to detect transformers serve (the 'transformers' dialect)",
-    strict=False,
-)
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
@@ -141,7 +134,6 @@ def test_max_tokens_and_usage(completions: lp.OpenAI) -> None:
     assert meta["completion_tokens"] == 5 and meta["finish_reason"] == "length"
 
 
-@NEEDS_DIALECT
 def test_few_shot_stops_at_the_stop_string(completions: lp.OpenAI) -> None:
     # The server stops after the token that completes a stop string and sends that token's
     # whole text (" Paris\n", here "...\n\n   "): the client must cut at the stop string.
@@ -269,7 +261,6 @@ CONSTRAINED = {
 }
 # What an unrecognised server's chat gets as response_format json_schema (or a JSON enum, for
 # choices): transformers serve ignores it, so only the dialect refuses these.
-SENT_AS_RESPONSE_FORMAT = {"model", "list", "json_schema", "choices"}
 
 
 def _refused_before_any_request(
@@ -293,13 +284,7 @@ def test_constrained_gens_are_refused_on_completions(
     _refused_before_any_request(server, completions, constrained)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(k, marks=NEEDS_DIALECT) if k in SENT_AS_RESPONSE_FORMAT else k
-        for k in CONSTRAINED
-    ],
-)
+@pytest.mark.parametrize("kind", list(CONSTRAINED))
 def test_constrained_gens_are_refused_on_chat(
     server: ServerProcess, chat: lp.OpenAI, kind: str
 ) -> None:
@@ -321,7 +306,6 @@ def test_select_is_refused_on_completions(server: ServerProcess, completions: lp
     _refused_before_any_request(server, completions, route)
 
 
-@NEEDS_DIALECT
 def test_select_is_refused_on_chat(server: ServerProcess, chat: lp.OpenAI) -> None:
     # Today it goes out as a JSON enum in response_format, which this server ignores.
     @lp.function
@@ -343,7 +327,6 @@ def test_assistant_prefill_is_refused_on_chat(server: ServerProcess, chat: lp.Op
     _refused_before_any_request(server, chat, prefill)
 
 
-@NEEDS_DIALECT
 def test_logprobs_are_refused(server: ServerProcess, backend: lp.OpenAI) -> None:
     # The server ignores logprobs/top_logprobs (a warning in its log): refuse, don't return none.
     @lp.function
@@ -380,7 +363,6 @@ def test_sampling_extras_are_honoured_or_refused(
         assert state.get_meta_info("v")["completion_tokens"] == 8
 
 
-@NEEDS_DIALECT
 def test_temperature_samples_and_seed_repeats(completions: lp.OpenAI) -> None:
     # temperature > 0 alone stays greedy on this server (do_sample comes from the model's
     # generation_config); a seed is honoured once sampling is on.
@@ -394,7 +376,6 @@ def test_temperature_samples_and_seed_repeats(completions: lp.OpenAI) -> None:
     assert again == texts[0]
 
 
-@NEEDS_DIALECT
 def test_capabilities_after_detection(completions: lp.OpenAI, chat: lp.OpenAI) -> None:
     @lp.function
     def hello(s):
