@@ -31,6 +31,7 @@ from lmprog.choices import (
     unconditional_likelihood_normalized,
 )
 from lmprog.embed import aembed, embed
+from lmprog.engine import Engine
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -45,6 +46,8 @@ from lmprog.errors import (
     TemplateError,
     UnsupportedFeatureError,
 )
+from lmprog.global_config import global_config
+from lmprog.hosted import Anthropic, LiteLLM, VertexAI
 from lmprog.launch import Runtime
 from lmprog.prefix_lint import PrefixOrderWarning
 from lmprog.primitives import (
@@ -56,6 +59,7 @@ from lmprog.primitives import (
     gen_string,
     image,
     select,
+    separate_reasoning,
     system,
     system_begin,
     system_end,
@@ -95,6 +99,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VLLM",
+    "Anthropic",
     "Backend",
     "BackendError",
     "BackendResponseError",
@@ -109,7 +114,9 @@ __all__ = [
     "Capabilities",
     "ChatTemplate",
     "ConstraintError",
+    "Engine",
     "ForkGroup",
+    "LiteLLM",
     "LlamaCpp",
     "LmprogError",
     "Local",
@@ -130,6 +137,7 @@ __all__ = [
     "TemplateGuessWarning",
     "ToolCall",
     "UnsupportedFeatureError",
+    "VertexAI",
     "aembed",
     "assistant",
     "assistant_begin",
@@ -144,9 +152,11 @@ __all__ = [
     "gen_string",
     "get_default_backend",
     "get_server_info",
+    "global_config",
     "greedy_token_selection",
     "image",
     "select",
+    "separate_reasoning",
     "set_default_backend",
     "stop_tracing",
     "system",

@@ -29,7 +29,16 @@ INT_REGEX = r"-?(0|[1-9][0-9]{0,17})"
 FLOAT_REGEX = r"-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?"
 BOOL_REGEX = r"(true|false|True|False)"
 
-_DTYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+# SGLang's patterns for `gen(dtype=...)` (`sglang.lang.ir`'s names; lmprog.ir re-exports them).
+# The trailing `[ \n]*` of a number gives a model a way to end it (it stops there).
+REGEX_INT = r"[-+]?[0-9]+[ \n]*"
+REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
+REGEX_BOOL = r"(True|False)"
+REGEX_STR = r"\"[\w\d\s]*\""  # a double-quoted string of word characters and white space
+REGEX_STRING = REGEX_STR  # SGLang's earlier name
+DTYPE_STOPS = (" ", "\n")  # SGLang stops a dtype=int/float gen at the number's end
+
+_DTYPES: dict[str, type] = {"int": int, "float": float, "str": str, "string": str, "bool": bool}
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +57,7 @@ class Constraint:
     grammar: str | None = None
     python_type: Any = None
     description: str = ""
+    quoted: bool = False  # the value is the text between the quotes (dtype=str)
     _adapter: pydantic.TypeAdapter[Any] | None = field(default=None, repr=False)
 
     @cached_property
@@ -70,6 +80,8 @@ class Constraint:
             raise ConstraintError(f"output {text!r} is not one of {list(self.choices)}")
         if self.kind == "json_schema":
             return self._parse_json(text)
+        if self.quoted:
+            return text.strip()[1:-1]
         return _convert(text, self.python_type)
 
     def _matches(self, text: str) -> bool:
@@ -106,7 +118,7 @@ def _convert(text: str, python_type: Any) -> Any:
     if python_type is bool:
         return text.lower() == "true"
     if python_type in (int, float):
-        return python_type(text)
+        return python_type(text)  # int() and float() ignore the whitespace around a number
     if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
         return next(member for member in python_type if str(member.value) == text)
     return text  # Literal[...] of strings
@@ -147,12 +159,36 @@ def make_constraint(
             raise ConstraintError("grammar= must be a non-empty grammar text")
         return Constraint(kind="grammar", grammar=grammar, description="the grammar")
     if dtype is not None:
-        type = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-        if type not in (int, float, str, bool):
-            raise ConstraintError(f"dtype= must be int, float, str or bool, got {dtype!r}")
+        return dtype_constraint(dtype)
     if type is not None:
         return type_constraint(type)
     return None
+
+
+def dtype_constraint(dtype: Any) -> Constraint:
+    """SGLang's `dtype=`: int, float, bool and str (or their names) as SGLang's regexes
+    (REGEX_INT, REGEX_FLOAT, REGEX_BOOL, REGEX_STR), so the generated text is what SGLang
+    generates (a str is a double-quoted JSON string). The value is the Python value the text
+    denotes: an int, a float, a bool, or the string between the quotes."""
+    python_type = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if python_type is str:
+        return Constraint(
+            kind="regex",
+            pattern=REGEX_STR,
+            python_type=str,
+            quoted=True,
+            description="a double-quoted string (dtype=str)",
+        )
+    patterns = {int: REGEX_INT, float: REGEX_FLOAT, bool: REGEX_BOOL}
+    if python_type not in patterns:
+        raise ConstraintError(f"dtype= must be int, float, str or bool, got {dtype!r}")
+    pattern = patterns[python_type]
+    return Constraint(
+        kind="regex",
+        pattern=pattern,
+        python_type=python_type,
+        description=f"regex {pattern!r} (dtype={python_type.__name__})",
+    )
 
 
 def regex_constraint(pattern: str, python_type: Any = None) -> Constraint:

@@ -52,15 +52,46 @@ class BackendResponseError(BackendError):
 
 
 class ProgramError(LmprogError):
-    """A program failed; names the program, the primitive it was running and the cause."""
+    """A program failed; names the program, the primitive it was running and the cause.
 
-    def __init__(self, program: str, primitive: str, cause: BaseException) -> None:
+    `raised_by_program` is True when the cause is an exception the program's own code raised
+    (not an lmprog error): `state.error()` then returns that exception itself, with this
+    context added to it as a note (PEP 678), and `state.program_error()` returns this."""
+
+    def __init__(
+        self,
+        program: str,
+        primitive: str,
+        cause: BaseException,
+        raised_by_program: bool = False,
+    ) -> None:
         self.program = program
         self.primitive = primitive
         self.cause = cause
+        self.raised_by_program = raised_by_program
         super().__init__(
             f"program {program!r} failed at {primitive}: {type(cause).__name__}: {cause}"
         )
+        if raised_by_program:
+            add_note(cause, f"lmprog: raised by program {program!r} ({primitive})")
+
+    def as_raised(self) -> BaseException:
+        """What `state.error()` returns: the program's own exception if it raised one, else
+        this error."""
+        return self.cause if self.raised_by_program else self
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """`exc.add_note(note)` (PEP 678; on Python 3.10, the same `__notes__` list by hand)."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None:
+        adder(note)
+        return
+    try:
+        notes = exc.__dict__.setdefault("__notes__", [])
+        notes.append(note)
+    except AttributeError:  # an exception without a __dict__ keeps no notes
+        pass
 
 
 class TemplateError(LmprogError):

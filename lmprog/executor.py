@@ -31,6 +31,7 @@ from lmprog.ir import (
     RoleEnd,
     SamplingParams,
     Select,
+    SeparateReasoning,
     Text,
     Think,
     VarScopeBegin,
@@ -38,8 +39,10 @@ from lmprog.ir import (
     flatten,
 )
 from lmprog.prefix_lint import Origin, RunProbe
+from lmprog.reasoning import reasoning_format
 from lmprog.tools import run_tool
 from lmprog.trace import Tracer
+from lmprog.usage import token_usage
 from lmprog.validation import VALIDATABLE, generate_validated
 
 ChunkKind = Literal["text", "role", "gen"]
@@ -52,6 +55,7 @@ class Chunk:
     text: str
     kind: ChunkKind
     names: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None  # a streamed gen piece's: tokens so far (SGLang's)
 
 
 @dataclass
@@ -127,6 +131,7 @@ class Execution:
         self._loose_text = False  # text outside any role (a chat-only model cannot take it)
         self._pending: deque[Node] = deque()
         self._futures: dict[str, asyncio.Future[Any]] = {}
+        self._separating: dict[str, int] = {}  # gens whose value a separate_reasoning rewrites
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,11 +154,15 @@ class Execution:
                 self._check(primitive)
             except LmprogError as exc:
                 raise ProgramError(self.program, describe(primitive), exc) from exc
-            name = _produces(primitive)
-            if name is not None:
+            for name in _produces(primitive):
+                if isinstance(primitive, SeparateReasoning) and name in primitive.targets:
+                    continue  # the gen's own future waits for the separation (_resolve)
                 self._futures[name] = asyncio.get_running_loop().create_future()
                 if isinstance(primitive, Gen):
                     self.constraints[name] = primitive.constraint
+            if isinstance(primitive, SeparateReasoning):
+                for target in primitive.targets:  # readers get the answer, not the raw text
+                    self._separating[target] = self._separating.get(target, 0) + 1
             self._pending.append(primitive)
         self._ensure_worker()
 
@@ -238,9 +247,16 @@ class Execution:
         for child in self.children:
             child.cancel()
 
-    def fail(self, primitive: str, exc: BaseException) -> ProgramError:
-        """Record the first failure, drop what is queued, and fail every waiting reader."""
-        error = exc if isinstance(exc, ProgramError) else ProgramError(self.program, primitive, exc)
+    def fail(
+        self, primitive: str, exc: BaseException, raised_by_program: bool = False
+    ) -> ProgramError:
+        """Record the first failure, drop what is queued, and fail every waiting reader.
+        `raised_by_program`: the program's own code raised `exc` (state.error() returns it)."""
+        error = (
+            exc
+            if isinstance(exc, ProgramError)
+            else ProgramError(self.program, primitive, exc, raised_by_program)
+        )
         if self.error is None:
             self.error = error
         for future in self._futures.values():
@@ -279,12 +295,12 @@ class Execution:
             self._notify()
 
     def _resolve(self, node: Node) -> None:
-        name = _produces(node)
-        if name is None:
-            return
-        future = self._futures.pop(name, None)
-        if future is not None and not future.done():
-            future.set_result(self.variables.get(name))
+        for name in _produces(node):
+            if not isinstance(node, SeparateReasoning) and self._separating.get(name):
+                continue  # the separate_reasoning that follows resolves it
+            future = self._futures.pop(name, None)
+            if future is not None and not future.done():
+                future.set_result(self.variables.get(name))
 
     async def _run(self, node: Node) -> None:
         if isinstance(node, (Gen, Select, Think)):
@@ -297,6 +313,8 @@ class Execution:
             await self._role_end(node)
         elif isinstance(node, Image):
             await self._image(node)
+        elif isinstance(node, SeparateReasoning):
+            self._separate_reasoning(node)
         elif isinstance(node, VarScopeBegin):
             self._scopes[node.name] = self._text_len
         elif isinstance(node, VarScopeEnd):
@@ -317,13 +335,19 @@ class Execution:
         else:
             raise TypeError(f"unknown primitive {node!r}")
 
-    def _append(self, text: str, kind: ChunkKind, name: str | None = None) -> None:
+    def _append(
+        self,
+        text: str,
+        kind: ChunkKind,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         if not text:
             return
         if self._role is None and kind != "role":
             self._loose_text = True
         names = (name, *self._scopes) if name else tuple(self._scopes)
-        self.chunks.append(Chunk(text, kind, names))
+        self.chunks.append(Chunk(text, kind, names, meta))
         self._text_len += len(text)
         self._notify()
 
@@ -461,6 +485,7 @@ class Execution:
         except BaseException as exc:
             span.finish(exc)
             raise
+        token_usage(self.backend).add(generation.prompt_tokens, generation.completion_tokens)
         span.text = generation.text
         span.finish(
             prompt_tokens=generation.prompt_tokens,
@@ -528,7 +553,10 @@ class Execution:
 
             def on_text(piece: str) -> None:
                 streamed.append(piece)
-                self._append(piece, "gen", node.name)
+                # SGLang's per-chunk meta_info: the tokens generated so far (one streamed
+                # piece is one token on engines that stream token by token)
+                meta = {"completion_tokens": len(streamed), "finish_reason": None}
+                self._append(piece, "gen", node.name, meta)
 
             generation = await self._send(request, node.name, on_text if self.stream else None)
             value = self._parse(node, generation)
@@ -645,6 +673,7 @@ class Execution:
             constraint=choices_constraint(list(node.choices)),
         )
         generation = await self.backend.generate(request)
+        token_usage(self.backend).add(generation.prompt_tokens, generation.completion_tokens)
         picked = generation.text
         if picked not in node.choices:
             raise ConstraintError(
@@ -657,6 +686,62 @@ class Execution:
             for c in node.choices
         ]
         return scored, generation
+
+    def _separate_reasoning(self, node: SeparateReasoning) -> None:
+        """Split each target's value into reasoning and answer (SGLang's separate_reasoning).
+        The value becomes the answer and the text keeps only the answer, except while
+        streaming: the raw text was already streamed, so it stays."""
+        try:
+            form = reasoning_format(node.model_type)
+            for target in node.targets:
+                raw = self.variables.get(target)
+                if not isinstance(raw, str):
+                    raise LmprogError(
+                        f"separate_reasoning({target!r}) needs text, but {target!r} holds a "
+                        f"{type(raw).__name__}"
+                    )
+                reasoning, answer = form.split(raw)
+                self.variables[target] = answer
+                self.variables[node.process_name_for_reasoning(target)] = reasoning
+                self.meta.setdefault(target, {})["reasoning"] = reasoning
+                if not self.stream:
+                    self._rewrite_gen_text(target, raw, answer)
+        finally:
+            for target in node.targets:
+                self._separating[target] -= 1
+                if not self._separating[target]:
+                    del self._separating[target]
+
+    def _rewrite_gen_text(self, name: str, raw: str, answer: str) -> None:
+        """Replace the text gen `name` appended (`raw`, its last chunk) with `answer`, keeping
+        every position recorded after it (role start, open var scopes) in step."""
+        index = next(
+            (
+                i
+                for i in range(len(self.chunks) - 1, -1, -1)
+                if self.chunks[i].kind == "gen"
+                and self.chunks[i].names[:1] == (name,)
+                and self.chunks[i].text == raw
+            ),
+            None,
+        )
+        if index is None:
+            return
+        start = sum(len(c.text) for c in self.chunks[:index])
+        delta = len(answer) - len(raw)
+        old = self.chunks[index]
+        self.chunks[index] = Chunk(answer, old.kind, old.names, old.meta)
+        self._text_len += delta
+        if self._role_start > start:
+            self._role_start += delta
+            for message in reversed(self.messages):  # its turn ended: fix the message too
+                content = message.get("content")
+                if isinstance(content, str) and raw in content:
+                    head, _, tail = content.rpartition(raw)
+                    message["content"] = head + answer + tail
+                    break
+        self._scopes = {k: v + delta if v > start else v for k, v in self._scopes.items()}
+        self._notify()
 
     def _attach_reasoning(self, name: str) -> None:
         if self._reasoning is not None:
@@ -699,7 +784,7 @@ class Execution:
 
 def describe(node: Node | None) -> str:
     """How a primitive is named in errors: `gen('answer')`, `select('tool')`, `user turn`..."""
-    if isinstance(node, (Gen, Select)):
+    if isinstance(node, (Gen, Select, SeparateReasoning)):
         return node.describe()
     if isinstance(node, Text):
         return "text"
@@ -714,12 +799,16 @@ def describe(node: Node | None) -> str:
     return "program"
 
 
-def _produces(node: Node) -> str | None:
-    if isinstance(node, (Gen, Select)):
-        return node.name
-    if isinstance(node, VarScopeEnd):
-        return node.name
-    return None
+def _produces(node: Node) -> tuple[str, ...]:
+    """The variables `node` writes (a separate_reasoning: its gens' answers and reasoning)."""
+    if isinstance(node, (Gen, Select, VarScopeEnd)):
+        return (node.name,) if node.name is not None else ()
+    if isinstance(node, SeparateReasoning):
+        return (
+            *node.targets,
+            *(node.process_name_for_reasoning(t) for t in node.targets),
+        )
+    return ()
 
 
 async def _download(url: str) -> tuple[bytes, str]:

@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+# SGLang's patterns for `gen(dtype=...)`, importable from here as from `sglang.lang.ir`
+from lmprog.constraints import REGEX_BOOL as REGEX_BOOL
+from lmprog.constraints import REGEX_FLOAT as REGEX_FLOAT
+from lmprog.constraints import REGEX_INT as REGEX_INT
+from lmprog.constraints import REGEX_STR as REGEX_STR
+from lmprog.constraints import REGEX_STRING as REGEX_STRING
 from lmprog.constraints import Constraint
 from lmprog.tools import ToolSpec
 
@@ -81,6 +87,11 @@ def as_node(value: Node | str) -> Node:
 class Concat(Node):
     parts: tuple[Node, ...]
 
+    @property
+    def expr_list(self) -> list[Node]:
+        """The parts (SGLang's `SglExprList.expr_list`)."""
+        return list(self.parts)
+
 
 @dataclass(frozen=True)
 class Text(Node):
@@ -136,6 +147,36 @@ class Select(Node):
 
     def describe(self) -> str:
         return f"select({self.name!r})" if self.name else "select()"
+
+
+@dataclass(frozen=True)
+class SeparateReasoning(Node):
+    """`lp.separate_reasoning(gen(...), model_type=...)`: once the gens named in `targets` have
+    run, split each value into the reasoning and the answer by `model_type`'s markers; the
+    value becomes the answer and `<name>_reasoning_content` the reasoning."""
+
+    model_type: str | None
+    targets: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The reasoning variable of the last gen or select it separates."""
+        return self.process_name_for_reasoning(self.targets[-1])
+
+    @staticmethod
+    def process_name_for_reasoning(name: str | None) -> str:
+        """The variable that keeps `name`'s reasoning (SGLang's naming)."""
+        if not name:
+            raise ValueError(
+                "separate_reasoning needs a named gen or select: name must be provided"
+            )
+        return f"{name}_reasoning_content"
+
+    def describe(self) -> str:
+        return f"separate_reasoning({self.targets[-1]!r})"
+
+    def __repr__(self) -> str:
+        return f"SeparateReasoning(model_type={self.model_type}, name={self.name})"
 
 
 @dataclass(frozen=True)

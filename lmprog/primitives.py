@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmprog.choices import ChoicesMethod, token_length_normalized
-from lmprog.constraints import Constraint, choices_constraint, make_constraint
+from lmprog.constraints import DTYPE_STOPS, Constraint, choices_constraint, make_constraint
 from lmprog.errors import ConstraintError
 from lmprog.ir import (
     Gen,
@@ -25,8 +25,10 @@ from lmprog.ir import (
     RoleEnd,
     SamplingParams,
     Select,
+    SeparateReasoning,
     Think,
     as_node,
+    flatten,
 )
 from lmprog.tools import ToolSpec, tool_specs, tools_constraint
 
@@ -53,6 +55,7 @@ def gen(
     dtype: Any = None,
     return_logprob: bool = False,
     top_logprobs_num: int = 0,
+    return_text_in_logprobs: bool | None = None,
     ignore_eos: bool = False,
     tools: Sequence[Callable[..., Any] | dict[str, Any]] | None = None,
     frequency_penalty: float | None = None,
@@ -77,7 +80,15 @@ def gen(
     `fallback="validate"` lets a backend that cannot enforce the constraint generate freely,
     validate, and retry up to `max_attempts` times (abandoning an attempt as soon as it goes
     wrong); without it such a backend raises UnsupportedFeatureError. The path taken is
-    `get_meta_info(name)["constraint_path"]`."""
+    `get_meta_info(name)["constraint_path"]`.
+
+    `dtype=` (int, float, bool, str: SGLang's spelling) generates what SGLang generates, under
+    its regexes (`lmprog.ir.REGEX_INT` ...): a number stops at the first space or newline after
+    it, a str is a double-quoted string. `s[name]` is the value the text denotes (an int, a
+    float, a bool, the string between the quotes); the text itself is in `s.text()`.
+    `type=str` is lmprog's own spelling of free text. `return_text_in_logprobs` is accepted
+    for SGLang: lmprog's logprob entries always carry each token's text."""
+    del return_text_in_logprobs  # every entry of output_token_logprobs has its "token" text
     if fallback not in (None, "validate"):
         raise ValueError(f'gen(fallback=...) must be "validate" or None, got {fallback!r}')
     if max_attempts < 1:
@@ -95,6 +106,8 @@ def gen(
         constraint, specs = _gen_constraint(
             name, regex, json_schema, type, choices, grammar, dtype, tools
         )
+        if dtype is not None and constraint is not None and constraint.python_type in (int, float):
+            stop = _with_stops(stop, DTYPE_STOPS)
         answer = Gen(
             name=name,
             sampling=SamplingParams.from_kwargs(
@@ -167,14 +180,23 @@ def _gen_constraint(
     return constraint, specs
 
 
+def _with_stops(stop: str | Sequence[str] | None, more: Sequence[str]) -> tuple[str, ...]:
+    """`stop` (None, one string or several) extended by `more`, each once, in order."""
+    given = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return tuple(dict.fromkeys((*given, *more)))
+
+
 def gen_int(name: str | None = None, **kwargs: Any) -> Node:
-    """An integer (SGLang's spelling of `gen(name, type=int)`)."""
-    return gen(name, type=int, **kwargs)
+    """An integer, generated as SGLang's `gen_int` generates it (`gen(name, dtype=int)`:
+    REGEX_INT, stopping at the first space or newline after the number); `s[name]` is an int."""
+    return gen(name, dtype=int, **kwargs)
 
 
 def gen_string(name: str | None = None, **kwargs: Any) -> Node:
-    """Free text (SGLang's spelling of `gen(name, type=str)`)."""
-    return gen(name, type=str, **kwargs)
+    """A double-quoted string, generated as SGLang's `gen_string` generates it
+    (`gen(name, dtype=str)`: REGEX_STR), so JSON assembled from typed pieces is valid JSON;
+    `s[name]` is the string between the quotes. (Free text is `gen(name)`.)"""
+    return gen(name, dtype=str, **kwargs)
 
 
 def select(
@@ -284,3 +306,26 @@ def _sniff(data: bytes) -> str:
     if data.startswith(b"GIF8"):
         return "image/gif"
     return "application/octet-stream"
+
+
+def separate_reasoning(expr: Node | str | None = None, model_type: str | None = None) -> Node:
+    """SGLang's `separate_reasoning`: `expr` (a named gen or select, or several joined by `+`),
+    then, once they have run, each one's value split into the model's reasoning and its answer
+    by `model_type`'s markers ("deepseek-r1", "qwen3", "qwen3-thinking", "kimi", ...; see
+    lmprog.reasoning). `s[name]` becomes the answer, `s[name + "_reasoning_content"]` and
+    `get_meta_info(name)["reasoning"]` the reasoning, and the text keeps only the answer (when
+    not streaming). An unknown `model_type` fails when the program runs, as in SGLang.
+
+    For reasoning the model does before a constrained answer, lmprog's own
+    `gen(..., think=True)` is the better tool: it never parses the answer out of free text."""
+    if expr is None:
+        raise ValueError("separate_reasoning() needs the gen or select whose output to split")
+    node = as_node(expr)
+    targets = []
+    for part in flatten(node):
+        if isinstance(part, (Gen, Select)):
+            SeparateReasoning.process_name_for_reasoning(part.name)  # an unnamed one raises
+            targets.append(str(part.name))
+    if not targets:
+        raise ValueError("separate_reasoning() needs a named gen or select in its expression")
+    return node + SeparateReasoning(model_type, tuple(targets))

@@ -16,11 +16,13 @@ from tqdm.auto import tqdm
 from lmprog import loop, prefix_lint
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
-from lmprog.errors import BatchError, BatchInterrupted
+from lmprog.errors import BatchError, BatchInterrupted, LmprogError
 from lmprog.executor import Execution
+from lmprog.global_config import global_config, plug_default_backend
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
 from lmprog.scheduling import BatchScheduler
 from lmprog.state import Batch, ProgramState
+from lmprog.tracer import TracedProgram, cached_prefix, current_tracer, trace_program
 
 _default_backend: Backend | None = None
 
@@ -35,6 +37,9 @@ def set_default_backend(backend: Backend | None) -> None:
 
 def get_default_backend() -> Backend | None:
     return _default_backend
+
+
+plug_default_backend(get_default_backend, set_default_backend)  # lp.global_config.default_backend
 
 
 class Program:
@@ -82,7 +87,42 @@ class Program:
             state._wait_done()
         return state
 
-    __call__ = run
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`run(...)`; while another program is being traced (`Program.trace()`), this
+        program's trace instead, as in SGLang."""
+        if current_tracer() is not None:
+            kwargs.pop("backend", None)
+            return self.trace(*args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    # ----- SGLang's tracing and prefix caching ------------------------------------------
+
+    def trace(self, *args: Any, backend: Backend | None = None, **kwargs: Any) -> TracedProgram:
+        """Run the body without a model, on placeholders for the arguments not given, and
+        return what it appends (SGLang's traced program: `.nodes`, `.last_node`,
+        `.variables`, `.flatten_nodes()`). Nothing is sent; a value read with `s[name]` is a
+        placeholder, and putting an argument placeholder in an f-string raises TypeError.
+        `backend` is kept for rendering roles in `prefix()`."""
+        return trace_program(self.func, self.name, args, {**self.bound, **kwargs}, backend)
+
+    def cache(self, backend: Backend | None = None) -> str:
+        """Compute the program's constant prefix (its text up to the first argument, gen or
+        select, roles rendered by the backend's chat template) in the engine's prefix cache,
+        as SGLang's `cache()` does; returns that prefix. Engines whose cache is not shared
+        between requests (llama-server's per-slot caches) do nothing with it, as with every
+        warm-up (`Backend.warm`). Prefixes of 64 characters or fewer are not worth a request
+        and are not sent (SGLang's threshold)."""
+        chosen = resolve_backend(backend)
+        prefix: str = loop.wait(cached_prefix(self.func, self.name, self.bound, chosen))
+        if len(prefix) > 64:
+            loop.wait(chosen.warm(prefix))
+        return prefix
+
+    def compile(self, *, backend: Backend | None = None) -> Program:
+        """SGLang's `compile()`: this program (lmprog's executor already shares prefixes and
+        runs forks concurrently, so there is nothing to compile); `backend` is not needed."""
+        del backend
+        return self
 
     async def arun(
         self,
@@ -239,7 +279,11 @@ class Program:
             execution.cancel()
             raise
         except Exception as exc:
-            execution.fail(getattr(exc, "primitive", None) or "the program function", exc)
+            own = not isinstance(exc, LmprogError)  # the program's code raised it itself
+            execution.fail(getattr(exc, "primitive", None) or "the program function", exc, own)
+        else:
+            if global_config.verbosity >= 2:
+                print(execution.text)
         finally:
             execution.mark_finished()
 

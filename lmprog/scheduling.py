@@ -33,6 +33,7 @@ from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallb
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
 from lmprog.executor import WARM_PREFIX_CHARS
+from lmprog.global_config import global_config
 from lmprog.prefix import PrefixIndex, common_prefix_length
 
 T = TypeVar("T")
@@ -127,8 +128,8 @@ class BatchScheduler:
         warm-up, which is then in the cache."""
         if index == 0 and not self._first_prompt.done():
             self._first_prompt.set_result(prompt)
-        if len(prompt) < WARM_PREFIX_CHARS:
-            return None
+        if len(prompt) < WARM_PREFIX_CHARS or not global_config.enable_precache_with_tracing:
+            return None  # (SGLang's switch for pre-caching a batch's shared prefix)
         keys = self._groups.keys(prompt)
         group, _ = self._groups.longest(keys)
         shared = common_prefix_length(group.leader, prompt) if group else 0

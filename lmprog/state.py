@@ -140,8 +140,19 @@ class ProgramState:
         self._wait_done()
         return list(self._execution.tracer.spans)
 
-    def error(self) -> ProgramError | None:
-        """The error that stopped the program, if any (waits for the program to end)."""
+    def error(self) -> BaseException | None:
+        """The error that stopped the program, if any (waits for the program to end).
+
+        If the program's own code raised it, it is that exception itself (so
+        `isinstance(state.error(), ValueError)` holds), with a note naming the program; an
+        error lmprog met running a primitive is an `lp.ProgramError` naming the program, the
+        primitive and the cause. `program_error()` is always the latter."""
+        error = self.program_error()
+        return error.as_raised() if error is not None else None
+
+    def program_error(self) -> ProgramError | None:
+        """The error that stopped the program as an `lp.ProgramError` (`.program`,
+        `.primitive`, `.cause`, `.raised_by_program`), whoever raised it."""
         self._wait_done()
         return self._execution.error
 
@@ -197,27 +208,39 @@ class ProgramState:
 
     # ----- streaming --------------------------------------------------------------------
 
-    def text_iter(self, var: str | None = None) -> Iterator[str]:
-        """Yield text as it is produced (only `var`'s text if given); pieces add up to the text."""
-        return loop.iterate(lambda: self._chunks(var))
+    def text_iter(self, var: str | None = None, *, var_name: str | None = None) -> Iterator[str]:
+        """Yield text as it is produced (only `var`'s text if given; `var_name=` is SGLang's
+        spelling); pieces add up to the text."""
+        chosen = _one_var(var, var_name)
+        return loop.iterate(lambda: self._texts(chosen))
 
     async def text_async_iter(
-        self, var: str | None = None, return_meta_data: bool = False
+        self,
+        var: str | None = None,
+        return_meta_data: bool = False,
+        *,
+        var_name: str | None = None,
     ) -> AsyncIterator[Any]:
-        """`text_iter` for async code. With `return_meta_data`, yields (piece, meta) pairs."""
-        chunks = self._chunks(var)
+        """`text_iter` for async code. With `return_meta_data`, yields (piece, meta_info)
+        pairs as SGLang does: a streamed gen piece's meta_info has `completion_tokens`, the
+        tokens generated so far (streamed pieces so far, on engines that stream token by
+        token) and `finish_reason` None; `get_meta_info(var)` has the final counts."""
+        chunks = self._chunks(_one_var(var, var_name))
         while True:
             try:
-                piece = await loop.await_on_loop(chunks.__anext__())
+                chunk = await loop.await_on_loop(chunks.__anext__())
             except StopAsyncIteration:
                 return
             if return_meta_data:
-                meta = self._execution.meta.get(var, {}) if var else {}
-                yield piece, dict(meta)
+                yield chunk.text, dict(chunk.meta or {})
             else:
-                yield piece
+                yield chunk.text
 
-    async def _chunks(self, var: str | None) -> AsyncIterator[str]:
+    async def _texts(self, var: str | None) -> AsyncIterator[str]:
+        async for chunk in self._chunks(var):
+            yield chunk.text
+
+    async def _chunks(self, var: str | None) -> AsyncIterator[Chunk]:
         execution = self._execution
         index = 0
         while True:
@@ -226,7 +249,7 @@ class ProgramState:
                 chunk = chunks[index]
                 index += 1
                 if var is None or var in chunk.names:
-                    yield chunk.text
+                    yield chunk
             if self._finished(var):
                 return
             await execution.changed()
@@ -261,6 +284,12 @@ class ProgramState:
         text = execution.text
         shown = text if len(text) <= 60 else text[:28] + " ... " + text[-27:]
         return f"<ProgramState {execution.program!r} {status}: {shown!r}>"
+
+
+def _one_var(var: str | None, var_name: str | None) -> str | None:
+    if var is not None and var_name is not None and var != var_name:
+        raise TypeError(f"give the variable once: var={var!r} or var_name={var_name!r}")
+    return var if var is not None else var_name
 
 
 async def _settled(task: asyncio.Future[Any]) -> None:
@@ -394,8 +423,8 @@ class Batch(list[ProgramState]):
         """Every program's report (forks included) merged into one."""
         return CacheReport.merge(state.cache_report() for state in self)
 
-    def errors(self) -> list[ProgramError]:
-        """The errors of the programs that failed, in input order."""
+    def errors(self) -> list[BaseException]:
+        """The errors of the programs that failed, in input order (each as `state.error()`)."""
         return [e for e in (state.error() for state in self) if e is not None]
 
     def _repr_html_(self) -> str:

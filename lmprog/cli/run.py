@@ -271,7 +271,7 @@ class Runner:
 
     def _record(self, finished: Finished) -> dict[str, Any]:
         state = finished.state
-        error = state.error()
+        error = state.program_error()  # lmprog's context even when the program raised
         report = state.cache_report()
         self.totals.report = CacheReport.merge([self.totals.report, report])
         record: dict[str, Any] = {

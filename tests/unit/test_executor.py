@@ -293,7 +293,10 @@ def test_a_raising_program_keeps_its_text_and_names_the_cause() -> None:
         raise RuntimeError("boom")
 
     state = broken.run(backend=ScriptedBackend(lambda r: "!"))
-    assert "boom" in str(state.error()) and "'broken'" in str(state.error())
+    error = state.error()  # the program's own exception, with lmprog's context as a note
+    assert isinstance(error, RuntimeError) and str(error) == "boom"
+    assert any("'broken'" in note for note in getattr(error, "__notes__", []))
+    assert "boom" in str(state.program_error()) and "'broken'" in str(state.program_error())
     assert state.text() == "start!"
 
 
@@ -547,4 +550,4 @@ def test_sglang_spellings_role_methods_with_an_argument_and_per_branch_lists() -
         forks += ["a", "b", "c"]
 
     error = mismatched.run(backend=ScriptedBackend()).error()
-    assert isinstance(error.cause, ValueError) and "3 values for 2 branches" in str(error)
+    assert isinstance(error, ValueError) and "3 values for 2 branches" in str(error)

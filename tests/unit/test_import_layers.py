@@ -13,7 +13,17 @@ PACKAGE = Path(lmprog.__file__).parent
 
 # Bottom to top; a module belongs to the first layer with a prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("lmprog.errors", "lmprog.paths", "lmprog.prefix", "lmprog.loop")),
+    (
+        "foundations",
+        (
+            "lmprog.errors",
+            "lmprog.paths",
+            "lmprog.prefix",
+            "lmprog.loop",
+            "lmprog.global_config",
+            "lmprog.usage",
+        ),
+    ),
     (
         "language",
         (
@@ -26,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.partial",
             "lmprog.models",
             "lmprog.primitives",
+            "lmprog.reasoning",
         ),
     ),
     ("backends", ("lmprog.backends",)),
@@ -41,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.executor",
         ),
     ),
-    ("state", ("lmprog.state", "lmprog.scheduling")),
+    ("state", ("lmprog.state", "lmprog.scheduling", "lmprog.tracer")),
     ("program", ("lmprog.program",)),
     (
         "faces",
@@ -50,6 +61,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.embed",
             "lmprog.launch",
             "lmprog.testing",
+            "lmprog.hosted",
+            "lmprog.engine",
+            "lmprog.lang",
             "lmprog.cli",
             "lmprog.__main__",
             "lmprog",

@@ -1,0 +1,1 @@
+"""`sglang.lang.backend`: SGLang's backend modules, as lmprog's backends."""
