@@ -18,6 +18,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support.models import tiny_model_dir, tiny_model_gguf
 from support.reference import transformers_greedy
+from support.servers import (
+    TRANSFORMERS_SERVE,
+    ServerProcess,
+    skip_unless_installed,
+    transformers_serve,
+)
 
 import lmprog as lp
 from lmprog.models import gemma3_270m_gguf
@@ -141,12 +147,24 @@ def chat(request: pytest.FixtureRequest) -> lp.OpenAI:
 
 
 @pytest.fixture(scope="session")
+def transformers_server() -> Iterator[ServerProcess]:
+    """`transformers serve` on the tiny model's folder (its own venv: backends/transformers/)."""
+    python = skip_unless_installed(TRANSFORMERS_SERVE)
+    with transformers_serve(python, tiny_model_dir()) as proc:  # ready in ~10-15 s
+        yield proc
+
+
+@pytest.fixture(scope="session")
 def matrix_targets(
-    tiny_server: lp.Runtime, vllm_server: lp.Runtime, tiny_local: lp.Local
+    tiny_server: lp.Runtime,
+    vllm_server: lp.Runtime,
+    tiny_local: lp.Local,
+    transformers_server: ServerProcess,
 ) -> dict[str, tuple[lp.Backend, bool]]:
     """Every backend configuration of the constraint matrix: name -> (backend, is chat)."""
     base = tiny_server.url + "/v1"
     vllm_base = vllm_server.url + "/v1"
+    serve_base, folder = transformers_server.url + "/v1", str(tiny_model_dir())
     return {
         "lp.Local": (tiny_local, False),
         "lp.LlamaCpp": (lp.LlamaCpp(tiny_server.url), False),
@@ -158,6 +176,14 @@ def matrix_targets(
         "lp.VLLM": (lp.VLLM(vllm_server.url), False),
         "lp.OpenAI → vLLM, completions": (lp.OpenAI("tiny", base_url=vllm_base), False),
         "lp.OpenAI → vLLM, chat": (lp.OpenAI("tiny", base_url=vllm_base, is_chat_model=True), True),
+        "lp.OpenAI → transformers serve, completions": (
+            lp.OpenAI(folder, base_url=serve_base),
+            False,
+        ),
+        "lp.OpenAI → transformers serve, chat": (
+            lp.OpenAI(folder, base_url=serve_base, is_chat_model=True),
+            True,
+        ),
     }
 
 

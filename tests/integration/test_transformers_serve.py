@@ -16,7 +16,6 @@ unless told through `generation_config`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import httpx
@@ -26,10 +25,7 @@ import tokenizers
 from support.models import tiny_model_dir
 from support.reference import transformers_greedy
 from support.servers import (
-    TRANSFORMERS_SERVE,
     ServerProcess,
-    skip_unless_installed,
-    transformers_serve,
 )
 
 import lmprog as lp
@@ -37,10 +33,9 @@ import lmprog as lp
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    python = skip_unless_installed(TRANSFORMERS_SERVE)
-    with transformers_serve(python, tiny_model_dir()) as proc:  # ready in ~10-15 s
-        yield proc
+def server(transformers_server: ServerProcess) -> ServerProcess:
+    """One server for the session (tests/conftest.py): the constraint matrix uses it too."""
+    return transformers_server
 
 
 @pytest.fixture(scope="module")
