@@ -114,20 +114,50 @@ class LlamaCpp(Backend):
         self, request: GenerateRequest, on_text: TextCallback | None = None
     ) -> Generation:
         body = await self._body(request)
+        minimum = request.sampling.min_tokens or 0
+        if not minimum:
+            return self._generation(await self._complete(body, on_text))
+        # min_tokens: the server has no such field, so the first `minimum` tokens come from a
+        # request that may not end (no end-of-sequence, no stop strings: SGLang's semantics),
+        # and the rest from a continuation of exactly those tokens, which the slot has cached.
+        if request.constraint is not None or request.images:
+            raise UnsupportedFeatureError(
+                self.name,
+                "honour min_tokens with a constraint or images",
+                "drop min_tokens= (the constraint already decides where the output ends)",
+            )
+        head = {**body, "n_predict": minimum, "ignore_eos": True, "return_tokens": True}
+        head.pop("stop", None)
+        first = await self._complete(head, on_text)
+        limit = request.sampling.max_new_tokens
+        left = -1 if limit is None else limit - minimum
+        if left == 0:
+            return self._generation(first)
+        ids = [int(t) for t in first.get("tokens") or ()]
+        rest = await self._complete(
+            {**body, "prompt": [request.prompt, *ids], "n_predict": left}, on_text
+        )
+        return _joined(self._generation(first), self._generation(rest))
+
+    async def _complete(self, body: dict[str, Any], on_text: TextCallback | None) -> Any:
+        """One /completion request; streamed to `on_text` when given. The answer's body (for
+        a stream: its last event, with the whole text and every token id)."""
         if on_text is None:
-            return self._generation(await self._http.post("/completion", body))
-        body["stream"] = True
+            return await self._http.post("/completion", body)
         pieces: list[str] = []
+        tokens: list[int] = []
         final: dict[str, Any] = {}
-        async for event in self._http.stream_events("/completion", body):
+        async for event in self._http.stream_events("/completion", {**body, "stream": True}):
             piece = event.get("content", "")
             if piece:
                 pieces.append(piece)
                 on_text(piece)
+            tokens += event.get("tokens") or ()
             if event.get("stop"):
                 final = event
         final["content"] = "".join(pieces)
-        return self._generation(final)
+        final["tokens"] = tokens
+        return final
 
     async def _body(self, request: GenerateRequest) -> dict[str, Any]:
         sampling = request.sampling
@@ -149,8 +179,6 @@ class LlamaCpp(Backend):
         body.update({k: v for k, v in optional.items() if v is not None})
         if sampling.stop:
             body["stop"] = list(sampling.stop)
-        if sampling.min_tokens:
-            raise UnsupportedFeatureError(self.name, "honour min_tokens", "drop min_tokens=")
         if sampling.stop_token_ids:
             raise UnsupportedFeatureError(
                 self.name, "stop on token ids", "use stop= with the token's text"
@@ -265,6 +293,19 @@ class LlamaCpp(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _joined(first: Generation, rest: Generation) -> Generation:
+    """A generation made of two requests, the second continuing the first."""
+    return Generation(
+        text=first.text + rest.text,
+        finish_reason=rest.finish_reason,
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=(first.completion_tokens or 0) + (rest.completion_tokens or 0),
+        cached_tokens=first.cached_tokens,
+        logprobs=(first.logprobs or []) + (rest.logprobs or []) if first.logprobs else None,
+        extra=rest.extra,
+    )
 
 
 def constraint_fields(constraint: Constraint) -> dict[str, Any]:

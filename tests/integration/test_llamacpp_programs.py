@@ -216,3 +216,34 @@ def test_select_scores_are_the_models_own_logprobs(gemma: lp.LlamaCpp, gemma_ser
     choices = [" Paris", " paris", " Ljubljana"]
     for choice, logprobs in zip(choices, meta["input_token_logprobs"], strict=True):
         assert logprobs[0] == pytest.approx(reference[choice], abs=0.02)
+
+
+def test_min_tokens_holds_back_the_end(gemma: lp.LlamaCpp) -> None:
+    """SGLang's min_new_tokens on llama-server (which has no such field): no end of sequence
+    and no stop string before the minimum; the rest continues the same tokens, from the slot's
+    cache. Without it the model answers " Paris" and stops at the newline."""
+
+    @lp.function
+    def answer(s, minimum):
+        s += "Q: What is the capital of France?\nA:"
+        s += lp.gen("a", max_tokens=24, stop="\n", min_tokens=minimum, temperature=0)
+
+    free = answer.run(0, backend=gemma)
+    held = answer.run(12, backend=gemma)
+    streamed = answer.run(12, backend=gemma, stream=True)
+    chunks = "".join(streamed.text_iter("a"))
+    assert free.error() is None and held.error() is None, (free.error(), held.error())
+    free_tokens = free.get_meta_info("a")["completion_tokens"]
+    held_tokens = held.get_meta_info("a")["completion_tokens"]
+    assert free_tokens < 12 <= held_tokens <= 24
+    assert held["a"].startswith(free["a"])  # greedy: the same start, then more
+    assert chunks == streamed["a"] == held["a"]
+
+
+def test_min_tokens_with_a_constraint_is_refused(gemma: lp.LlamaCpp) -> None:
+    @lp.function
+    def number(s):
+        s += "Answer:" + lp.gen("n", regex=r"[0-9]+", min_tokens=3)
+
+    error = number.run(backend=gemma).error()
+    assert error is not None and "min_tokens" in str(error)
