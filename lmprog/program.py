@@ -297,8 +297,12 @@ def resolve_backend(backend: Backend | None) -> Backend:
     if backend is not None:
         return backend
     if _default_backend is None:
-        from lmprog.backends.local import Local
+        from lmprog.backends.local import LocalNotInstalledError
 
+        try:
+            from lmprog.backends.local import Local
+        except LocalNotInstalledError as exc:  # no `local` extra: fail now, saying what to do
+            raise LocalNotInstalledError.for_default(exc.name or "torch") from None
         _default_backend = Local()
     return _default_backend
 

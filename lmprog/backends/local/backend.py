@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-import tokenizers
-import torch
-
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
-from lmprog.backends.local.engine import Engine, GenerationResult, Job
-from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
+from lmprog.backends.local import missing_local_extra
+
+try:  # the `local` extra
+    import tokenizers
+    import torch
+
+    from lmprog.backends.local.engine import Engine, GenerationResult, Job
+    from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
+except ModuleNotFoundError as exc:
+    raise (missing_local_extra(exc, "lp.Local") or exc) from exc
 from lmprog.backends.local.weights import ModelFiles, resolve_model
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint

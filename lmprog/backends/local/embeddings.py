@@ -15,10 +15,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-
+from lmprog.backends.local import missing_local_extra
 from lmprog.errors import LmprogError
+
+try:  # the `local` extra
+    import torch
+    from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+except ModuleNotFoundError as exc:
+    raise (missing_local_extra(exc, "lp.LocalEmbeddings") or exc) from exc
 
 
 def minilm_dir() -> Path:
