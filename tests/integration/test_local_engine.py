@@ -56,3 +56,28 @@ def test_a_prompt_longer_than_the_context_fails_alone(tiny_local: lp.Local) -> N
     assert states[0].error() is None and states[2].error() is None
     error = states[1].error()
     assert error is not None and "context" in str(error) and "gen('v')" in str(error)
+
+
+def test_no_request_is_active_once_every_answer_is_in(
+    tiny_local: lp.Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request leaves `active_requests` before its answer is delivered. The engine gives a
+    finished row's KV to the radix cache after answering it (slowed down here); counting the
+    rows still in the batch once showed a finished batch as 6 active requests."""
+
+    @lp.function
+    def short(s, i):
+        s += f"x{i} = " + lp.gen("v", max_tokens=2, temperature=0, ignore_eos=True)
+
+    tiny_local.load()
+    engine = tiny_local._loaded.engine  # type: ignore[union-attr]
+    retire = engine._retire
+
+    def slow_retire(*args: object) -> None:
+        time.sleep(0.5)
+        retire(*args)
+
+    monkeypatch.setattr(engine, "_retire", slow_retire)
+    states = short.run_batch([(i,) for i in range(6)], backend=tiny_local)
+    assert all(s.error() is None for s in states)
+    assert tiny_local.stats()["active_requests"] == 0

@@ -11,6 +11,7 @@ loop that runs the programs stays responsive while the model computes.
 from __future__ import annotations
 
 import atexit
+import inspect
 import queue
 import threading
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class Job:
     on_text: Callable[[str], None] | None
     on_done: Callable[[GenerationResult | BaseException], None]
     cancelled: bool = False
+    settled: bool = False  # answered, or dropped after a cancel: no longer counted as active
     generated: list[int] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
@@ -107,8 +109,11 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_context = max_context
         self.device = next(model.parameters()).device
+        self._cache_arg = _cache_argument(model)
         self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._waiting: list[Job] = []
+        self._active = 0  # submitted and not yet settled
+        self._active_lock = threading.Lock()
         self._batch: _Batch | None = None
         self.peak_batch_size = 0  # most requests ever decoded in one step
         self._thread = threading.Thread(target=self._run, name="lmprog-local-engine", daemon=True)
@@ -120,6 +125,8 @@ class Engine:
     # ----- called from any thread ---------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        with self._active_lock:
+            self._active += 1
         self._inbox.put(job)
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -128,10 +135,10 @@ class Engine:
 
     @property
     def active_requests(self) -> int:
-        """Requests being decoded or waiting for a place in the batch (read from any thread:
-        a snapshot)."""
-        batch = self._batch
-        return (len(batch.jobs) if batch is not None else 0) + len(self._waiting)
+        """Requests submitted and not yet answered (queued, waiting for a place in the batch,
+        or decoding), cancelled ones until the engine drops them. A request leaves the count
+        before its answer is delivered, so a caller that has every answer reads 0."""
+        return self._active
 
     def stop(self) -> None:
         self._inbox.put(None)
@@ -164,7 +171,9 @@ class Engine:
         room = self.max_batch_size - (len(self._batch.jobs) if self._batch else 0)
         joining, self._waiting = self._waiting[:room], self._waiting[room:]
         for job in joining:
-            if not job.cancelled:
+            if job.cancelled:
+                self._settle(job, None)
+            else:
                 self._start(job)
         return True
 
@@ -179,7 +188,7 @@ class Engine:
             job.logits, job.cached_tokens = logits[-1], hit
             job.generator = seeded_generator(job.sampling.seed, self.device)
         except Exception as exc:
-            job.on_done(exc)
+            self._settle(job, exc)
             return
         self._join(job, cache)
 
@@ -196,10 +205,10 @@ class Engine:
         positions = torch.arange(hit, len(ids), device=self.device)[None]
         out = self.model(
             input_ids=new,
-            past_key_values=cache,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=keep,
+            **{self._cache_arg: cache},
         )
         self.radix.record(hit, len(ids) - hit)
         self.radix.insert(ids, _rows(cache, 0, 0))
@@ -243,6 +252,7 @@ class Engine:
     def _advance(self, job: Job) -> bool:
         """Pick the job's next token; True when the job is finished (and answered)."""
         if job.cancelled:
+            self._settle(job, None)
             return True
         assert job.logits is not None
         try:
@@ -250,12 +260,24 @@ class Engine:
             reason = self._record(job, token)
         except Exception as exc:
             job.cancelled = True  # its KV is not worth keeping
-            job.on_done(exc)
+            self._settle(job, exc)
             return True
         if reason is None:
             return False
-        job.on_done(self._result(job, reason))
+        self._settle(job, self._result(job, reason))
         return True
+
+    def _settle(self, job: Job, outcome: GenerationResult | BaseException | None) -> None:
+        """The job leaves the engine: count it out, then answer it (None: cancelled, nobody
+        waits for an answer). Counting out first means a caller that has its answer never
+        sees it still active, although its KV is given to the radix cache only after."""
+        if job.settled:
+            return
+        job.settled = True
+        with self._active_lock:
+            self._active -= 1
+        if outcome is not None:
+            job.on_done(outcome)
 
     def _choose(self, job: Job, raw: torch.Tensor) -> int:
         logits = raw
@@ -394,9 +416,9 @@ class Engine:
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: batch.cache},
         )
         logits = out.logits[:, -1].float()
         for row, job in enumerate(batch.jobs):
@@ -406,8 +428,14 @@ class Engine:
         jobs = (self._batch.jobs if self._batch else []) + self._waiting
         self._batch, self._waiting = None, []
         for job in jobs:
-            if not job.cancelled:
-                job.on_done(exc)
+            self._settle(job, None if job.cancelled else exc)
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward argument that takes the KV cache: `cache` in recent transformers (5.25 has
+    it, and warns that `past_key_values` is deprecated), `past_key_values` in older ones."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _pad_left(tensor: torch.Tensor, amount: int) -> torch.Tensor:
