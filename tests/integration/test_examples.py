@@ -17,20 +17,31 @@ pytestmark = [pytest.mark.engine, pytest.mark.gemma]
 
 def run_example(name: str, *args: str) -> str:
     """Run examples/<name> as a user would; its stdout, after checking it exited cleanly."""
+    return run_example_with_stderr(name, *args)[0]
+
+
+def run_example_with_stderr(name: str, *args: str) -> tuple[str, str]:
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return done.stdout, done.stderr
 
 
 def test_quickstart() -> None:
-    out = run_example("quickstart.py")
+    out, err = run_example_with_stderr("quickstart.py")
     assert "capital of France: Paris" in out
     assert "positive (stars=" in out and "negative (back=" in out
     assert "[typed] Country(name='Portugal'" in out
-    assert out.count("[fork] fact") == 3
+    facts = re.findall(r"^\[fork\] fact \d:(.*)$", out, re.M)
+    assert len(facts) == 3 and all(f.strip() for f in facts), facts
     assert "[batch] Spain: Madrid" in out
+    assert "'active_requests': 0" in out
+    # Nothing on stderr but the batch's own progress bar: no warnings from lmprog or beneath it.
+    others = [
+        line for line in re.split(r"[\r\n]+", err) if line and not line.startswith("capital:")
+    ]
+    assert others == [], err[-3000:]
 
 
 def test_calculator() -> None:
