@@ -93,7 +93,9 @@ class Dialect:
     completion_constraints: frozenset[str] = frozenset()
     chat_constraints: frozenset[str] = frozenset()
     grammar_syntaxes: frozenset[str] = frozenset()  # of "gbnf", "lark"
-    sampling_extras: bool = False  # takes SAMPLING_EXTRAS beside the OpenAI parameters
+    # which of SAMPLING_EXTRAS it honours beside the OpenAI parameters (the others are refused:
+    # llama-server, for one, accepts min_tokens and ignores it)
+    sampling_extras: frozenset[str] = frozenset()
     # Body fields that make the server continue a final assistant message (its prefill);
     # None: it cannot, so a gen must start its assistant turn.
     continue_fields: Mapping[str, Any] | None = None

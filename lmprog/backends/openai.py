@@ -246,9 +246,12 @@ class OpenAI(Backend):
         }
         extra = {name: getattr(sampling, name) for name in SAMPLING_EXTRAS}
         extra = {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items() if v}
-        if extra and not dialect.sampling_extras:
+        refused = sorted(set(extra) - dialect.sampling_extras)
+        if refused:
             raise UnsupportedFeatureError(
-                self.name, f"take {', '.join(sorted(extra))}", "leave them unset for this server"
+                self.name,
+                f"honour {', '.join(refused)} ({dialect.label} ignores or rejects them)",
+                "leave them unset for this server",
             )
         return {k: v for k, v in standard.items() if v is not None}, {
             **dialect.extra_fields,

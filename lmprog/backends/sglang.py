@@ -22,6 +22,7 @@ from typing import Any
 from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
+    SAMPLING_EXTRAS,
     Dialect,
     Launch,
     LaunchSpec,
@@ -298,7 +299,7 @@ DIALECT = _SGLangDialect(
     completion_constraints=ALL_CONSTRAINTS,
     chat_constraints=ALL_CONSTRAINTS,
     grammar_syntaxes=frozenset({"gbnf"}),  # its `ebnf` field takes GBNF-style rules
-    sampling_extras=True,
+    sampling_extras=frozenset(SAMPLING_EXTRAS),
     prefix_cache=True,
     shared_cache=True,
     self_hosted=True,

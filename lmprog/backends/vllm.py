@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 from lmprog.backends.base import GenerateRequest, Generation, TextCallback
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
+    SAMPLING_EXTRAS,
     Dialect,
     Launch,
     LaunchSpec,
@@ -126,36 +128,150 @@ class _VLLMDialect(Dialect):
         choices: tuple[str, ...],
         method: ChoicesMethod,
     ) -> list[ChoiceLogprobs] | None:
-        """Exact scores from prompt logprobs: two requests at once, whatever the choices.
+        """Exact scores: the logprob of each choice token where the model predicts it.
 
-        Every prompt+choice goes as text in one scoring request, whose prompt logprobs name the
-        token ids the server read; the prompt alone is tokenized beside it, and a choice's
-        tokens are those after the ones it shares with the prompt (a word straddling the
-        boundary is settled the way the model reads it).
+        Prompt+choice is tokenized as a whole and split where it leaves the prompt's
+        tokenization (a word straddling the boundary is settled the way the model reads it).
+        Then one request lists every context a choice token follows, as token ids, and asks
+        the logprobs of those tokens there (`logprob_token_ids`, read from the raw logits,
+        before any constraint or logits processor). Each context is an ordinary prefill with
+        one sampled position, which the prefix cache serves; prompt logprobs would compute
+        every prompt+choice in full, bypassing the cache, with the whole vocabulary at every
+        position. A server whose completions do not take `logprob_token_ids` (vLLM before
+        its PR #43463, May 2026) is read from prompt logprobs instead.
         """
-        prompt_ids, fulls = await asyncio.gather(
-            _tokenize(server, context.prompt),
-            _read_prompts(server, [context.prompt + choice for choice in choices]),
+        if server not in _WITHOUT_TOKEN_LOGPROBS:
+            scored = await _score_by_token_logprobs(server, context.prompt, choices, method)
+            if scored is not None:
+                return scored
+            _WITHOUT_TOKEN_LOGPROBS.add(server)
+        return await _score_by_prompt_logprobs(server, context.prompt, choices, method)
+
+
+# Servers (clients, weakly held) found not to answer `logprob_token_ids`.
+_WITHOUT_TOKEN_LOGPROBS: weakref.WeakSet[Server] = weakref.WeakSet()
+MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's limit per request (vllm.sampling_params)
+_Step = tuple[tuple[int, ...], int]  # (context token ids, the token that follows)
+
+
+async def _score_by_token_logprobs(
+    server: Server, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+) -> list[ChoiceLogprobs] | None:
+    """Scores from the logprobs of given tokens after given contexts; None where the server
+    does not answer them (an older vLLM)."""
+    unconditional = method.requires_unconditional_logprobs
+    tokenized = await asyncio.gather(
+        _tokenize_pieces(server, prompt, pieces=False),
+        *(_tokenize_pieces(server, prompt + choice) for choice in choices),
+        *([_tokenize_pieces(server, "", pieces=False)] if unconditional else []),
+    )
+    prompt_ids = tokenized[0][0]
+    bos = tokenized[-1][0][:1] if unconditional else []
+    # per choice: its own tokens' pieces, and a (context, token) step for each own token,
+    # after the prompt and (unconditional) after the BOS alone
+    plans: list[tuple[str, tuple[str, ...], list[_Step], list[_Step]]] = []
+    for choice, (full, pieces) in zip(choices, tokenized[1 : 1 + len(choices)], strict=True):
+        shared = len(split_choice(prompt_ids, full, at_least=1)[0])
+        own = full[shared:]
+        after_prompt = [(tuple(full[: shared + k]), token) for k, token in enumerate(own)]
+        alone = [(tuple(bos + own[:k]), token) for k, token in enumerate(own)]
+        plans.append((choice, tuple(pieces[shared:]), after_prompt, alone if unconditional else []))
+    wanted: dict[tuple[int, ...], set[int]] = {}
+    for _, _, after_prompt, alone in plans:
+        for ctx, token in after_prompt + alone:
+            if ctx:  # a first token with nothing before it (no BOS) has no logprob: 0.0
+                wanted.setdefault(ctx, set()).add(token)
+    read = await _token_logprobs(server, wanted)
+    if read is None:
+        return None
+
+    def logprobs(steps: list[_Step]) -> tuple[float, ...]:
+        return tuple(read[step] if step[0] else 0.0 for step in steps)
+
+    return [
+        ChoiceLogprobs(
+            choice, logprobs(after_prompt), pieces, logprobs(alone) if unconditional else None
         )
-        scored, own_ids = [], []
-        for choice, full in zip(choices, fulls, strict=True):
-            # the first entry is a placeholder: the first token has no logprob
-            full = [(prompt_ids[0] if prompt_ids else -1, 0.0, ""), *full[1:]]
-            _, own = split_choice(prompt_ids, full, token_id=lambda entry: entry[0], at_least=1)
-            own_ids.append([token for token, _, _ in own])
-            scored.append(
-                ChoiceLogprobs(
-                    choice, tuple(lp for _, lp, _ in own), tuple(piece for _, _, piece in own)
-                )
+        for choice, pieces, after_prompt, alone in plans
+    ]
+
+
+async def _token_logprobs(
+    server: Server, wanted: dict[tuple[int, ...], set[int]]
+) -> dict[_Step, float] | None:
+    """The logprob of each wanted token right after its context (token ids, used as given):
+    all contexts in one request (one per 128 distinct tokens); None where the server did
+    not answer with exactly the tokens asked for (it does not take `logprob_token_ids`)."""
+    tokens = sorted(set().union(*wanted.values()))
+    groups = [
+        tokens[i : i + MAX_LOGPROB_TOKEN_IDS] for i in range(0, len(tokens), MAX_LOGPROB_TOKEN_IDS)
+    ]
+    requests = []
+    for group in groups:
+        asked = set(group)
+        contexts = [ctx for ctx, want in wanted.items() if want & asked]
+        body = {
+            "model": server.model,
+            "prompt": [list(ctx) for ctx in contexts],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 0,  # required with logprob_token_ids; they replace the top-k
+            "logprob_token_ids": group,
+            "return_tokens_as_token_ids": True,  # keys "token_id:N": no two tokens collide
+        }
+        requests.append((contexts, asked, body))
+    # vLLM ignores (and logs) request fields it does not know
+    responses = await asyncio.gather(
+        *(server.post("/v1/completions", body) for _, _, body in requests)
+    )
+    read: dict[_Step, float] = {}
+    for (contexts, asked, _), response in zip(requests, responses, strict=True):
+        try:
+            for choice in response["choices"]:
+                ctx = contexts[choice["index"]]
+                top = choice["logprobs"]["top_logprobs"][0]
+                for token in wanted[ctx] & asked:
+                    value = top.get(f"token_id:{token}")
+                    if value is None:  # logprob_token_ids ignored: a plain top-k came back
+                        return None
+                    read[ctx, token] = float(value)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise BackendResponseError(
+                f"{server.name} sent token logprobs lmprog could not read: {exc!r}"
+            ) from exc
+    return read
+
+
+async def _score_by_prompt_logprobs(
+    server: Server, prompt: str, choices: tuple[str, ...], method: ChoicesMethod
+) -> list[ChoiceLogprobs]:
+    """Scores from prompt logprobs (any vLLM), two requests at once: every prompt+choice goes
+    as text in one scoring request, whose prompt logprobs name the token ids the server read;
+    the prompt alone is tokenized beside it. vLLM computes these prompts in full (prompt
+    logprobs bypass its prefix cache)."""
+    prompt_ids, fulls = await asyncio.gather(
+        _tokenize(server, prompt),
+        _read_prompts(server, [prompt + choice for choice in choices]),
+    )
+    scored, own_ids = [], []
+    for choice, full in zip(choices, fulls, strict=True):
+        # the first entry is a placeholder: the first token has no logprob
+        full = [(prompt_ids[0] if prompt_ids else -1, 0.0, ""), *full[1:]]
+        _, own = split_choice(prompt_ids, full, token_id=lambda entry: entry[0], at_least=1)
+        own_ids.append([token for token, _, _ in own])
+        scored.append(
+            ChoiceLogprobs(
+                choice, tuple(lp for _, lp, _ in own), tuple(piece for _, _, piece in own)
             )
-        if method.requires_unconditional_logprobs:
-            bos = (await _tokenize(server, ""))[:1]
-            alone = await _read_prompts(server, [bos + ids for ids in own_ids])
-            scored = [
-                ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, tuple(lp for _, lp, _ in a))
-                for c, a in zip(scored, (read[len(bos) :] for read in alone), strict=True)
-            ]
-        return scored
+        )
+    if method.requires_unconditional_logprobs:
+        bos = (await _tokenize(server, ""))[:1]
+        alone = await _read_prompts(server, [bos + ids for ids in own_ids])
+        scored = [
+            ChoiceLogprobs(c.choice, c.token_logprobs, c.tokens, tuple(lp for _, lp, _ in a))
+            for c, a in zip(scored, (read[len(bos) :] for read in alone), strict=True)
+        ]
+    return scored
 
 
 async def _read_prompts(
@@ -191,9 +307,21 @@ async def _read_prompts(
 
 
 async def _tokenize(server: Server, text: str) -> list[int]:
-    body = {"model": server.model, "prompt": text, "add_special_tokens": True}
+    return (await _tokenize_pieces(server, text, pieces=False))[0]
+
+
+async def _tokenize_pieces(
+    server: Server, text: str, pieces: bool = True
+) -> tuple[list[int], list[str]]:
+    """Token ids of a text prompt as the server tokenizes it (BOS included), and the
+    tokenizer's own name for each token ("▁positive"; ids where the server gives none)."""
+    body: dict[str, Any] = {"model": server.model, "prompt": text, "add_special_tokens": True}
+    if pieces:
+        body["return_token_strs"] = True
     reply = await server.post("/tokenize", body)
-    return [int(t) for t in reply["tokens"]]
+    ids = [int(t) for t in reply["tokens"]]
+    names = reply.get("token_strs") if pieces else None
+    return ids, [str(n) for n in names] if names else [f"token_id:{t}" for t in ids]
 
 
 def _is_vllm(body: Any) -> bool:
@@ -269,7 +397,7 @@ DIALECT = _VLLMDialect(
     completion_constraints=ALL_CONSTRAINTS,
     chat_constraints=ALL_CONSTRAINTS,
     grammar_syntaxes=frozenset({"gbnf", "lark"}),
-    sampling_extras=True,
+    sampling_extras=frozenset(SAMPLING_EXTRAS),
     continue_fields={"continue_final_message": True, "add_generation_prompt": False},
     prefix_cache=True,
     shared_cache=True,

@@ -247,3 +247,16 @@ def test_min_tokens_with_a_constraint_is_refused(gemma: lp.LlamaCpp) -> None:
 
     error = number.run(backend=gemma).error()
     assert error is not None and "min_tokens" in str(error)
+
+
+def test_min_tokens_through_the_openai_endpoint_is_refused(gemma_server: lp.Runtime) -> None:
+    """llama-server's /v1/completions accepts `min_tokens` and ignores it (measured: " Paris",
+    2 tokens, with or without min_tokens=12), so lp.OpenAI refuses it rather than drop it."""
+
+    @lp.function
+    def answer(s):
+        s += "Q: What is the capital of France?\nA:" + lp.gen("a", min_tokens=12, stop="\n")
+
+    backend = lp.OpenAI("gemma", base_url=gemma_server.url + "/v1")
+    error = answer.run(backend=backend).error()
+    assert error is not None and "min_tokens" in str(error) and "llama-server" in str(error)

@@ -32,7 +32,7 @@ from lmprog.backends.local.weights import ModelFiles, resolve_model
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import LmprogError, UnsupportedFeatureError
-from lmprog.prefix import shared_prefix_length
+from lmprog.prefix import split_choice
 from lmprog.templates import ChatTemplate
 
 T = TypeVar("T")
@@ -82,7 +82,7 @@ class Local(Backend):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         self.name = "lp.Local()" if model is None else f"lp.Local({str(model)!r})"
-        self._template_choice = chat_template
+        self.chat_template_choice = chat_template
         self._cache_bytes = cache_bytes
         self._max_batch_size = max_batch_size
         self._loaded: _Loaded | None = None
@@ -91,6 +91,10 @@ class Local(Backend):
         self._masker_lock = threading.Lock()
 
     # ----- loading ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Load the model now (in a worker thread), so a long run starts with it loaded."""
+        await asyncio.to_thread(self.load)
 
     def load(self) -> None:
         """Load the model now (otherwise the first request does)."""
@@ -148,17 +152,10 @@ class Local(Backend):
     def _encode(self, loaded: _Loaded, text: str) -> list[int]:
         return list(loaded.tokenizer.encode(text, add_special_tokens=True).ids)
 
-    async def _load_chat_template(self) -> ChatTemplate:
-        given = ChatTemplate.given(self._template_choice)
-        if given is not None:
-            return given
+    async def _model_chat_template(self) -> ChatTemplate | None:
         files = (await self._ready()).files
         if files.chat_template is None:
-            raise UnsupportedFeatureError(
-                self.name,
-                "render roles: the model files have no chat template",
-                "pass chat_template= (e.g. 'gemma3' or 'chatml')",
-            )
+            return None
         if "{" not in files.chat_template:
             return ChatTemplate.builtin(files.chat_template)
         return ChatTemplate(files.chat_template, name=files.name)
@@ -233,8 +230,7 @@ class Local(Backend):
         scored = []
         for choice in choices:
             full = self._encode(loaded, context.prompt + choice)
-            shared = shared_prefix_length(prompt_ids, full)
-            before, ids = full[:shared], full[shared:]
+            before, ids = split_choice(prompt_ids, full)
             logprobs = await self._on_engine(loaded, partial(_score, loaded, before, ids))
             unconditional = None
             if method.requires_unconditional_logprobs:
@@ -278,11 +274,12 @@ class Local(Backend):
             "capacity_tokens": radix.capacity_tokens,
         }
 
-    def flush_cache(self) -> None:
-        """Forget every cached prefix (the next requests compute their prompts in full)."""
+    async def flush_cache(self) -> None:
+        """Forget every cached prefix (the next requests compute their prompts in full).
+        From synchronous code: `lp.flush_cache(backend)`."""
         if self._loaded is not None:
             radix = self._loaded.engine.radix
-            self._loaded.engine.call(radix.clear)
+            await asyncio.to_thread(self._loaded.engine.call, radix.clear)
 
     def shutdown(self) -> None:
         """Stop the engine thread and free the model; the backend loads it again if used."""
