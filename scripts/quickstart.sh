@@ -11,12 +11,14 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 PY=.venv/bin/python
+# --no-compile: pip would byte-compile every module of torch and transformers (~1 minute on 2
+# cores); Python compiles the few the example imports as it imports them.
 if ! "$PY" -c "import torch" 2>/dev/null; then
     # Pinned, and before lmprog: an open torch requirement can pull gigabytes of CUDA packages.
     echo "[quickstart] installing torch==2.13.0" >&2
-    "$PY" -m pip install --quiet "torch==2.13.0"
+    "$PY" -m pip install --quiet --no-compile "torch==2.13.0"
 fi
 echo "[quickstart] installing lmprog with the local and gemma extras" >&2
-"$PY" -m pip install --quiet -e ".[local,gemma]"
+"$PY" -m pip install --quiet --no-compile -e ".[local,gemma]"
 echo "[quickstart] running examples/quickstart.py" >&2
 exec "$PY" examples/quickstart.py
