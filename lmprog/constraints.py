@@ -36,7 +36,21 @@ REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
 REGEX_BOOL = r"(True|False)"
 REGEX_STR = r"\"[\w\d\s]*\""  # a double-quoted string of word characters and white space
 REGEX_STRING = REGEX_STR  # SGLang's earlier name
-DTYPE_STOPS = (" ", "\n")  # SGLang stops a dtype=int/float gen at the number's end
+
+# What the engine enforces for `dtype=` (see dtype_constraint): SGLang's pattern, then, after a
+# character that ends the value, anything; the gen stops at that character, so the text kept
+# always matches SGLang's pattern. A model that wants to write "24 hours" or "2100000," (one
+# token: a space or comma glued to a word) may: the stop cuts it to "24". Under SGLang's
+# pattern alone such tokens are refused, and a small model goes on "24000000000...".
+_INT_ENDS = " \n,;.)]}"
+_FLOAT_ENDS = " \n,;)]}"
+_DTYPE_WIRE = {
+    int: (r"[-+]?[0-9]+(?:[ \n,;.)\]}][\s\S]*)?", tuple(_INT_ENDS)),
+    float: (r"[-+]?[0-9]*\.?[0-9]+(?:[ \n,;)\]}][\s\S]*)?", tuple(_FLOAT_ENDS)),
+    bool: (REGEX_BOOL, ()),
+    # after the opening quote, which the executor writes; it stops the gen at the closing one
+    str: (r'[\w\d\s]*(?:"[\s\S]*)?', ()),
+}
 
 _DTYPES: dict[str, type] = {"int": int, "float": float, "str": str, "string": str, "bool": bool}
 
@@ -57,7 +71,9 @@ class Constraint:
     grammar: str | None = None
     python_type: Any = None
     description: str = ""
-    quoted: bool = False  # the value is the text between the quotes (dtype=str)
+    quoted: bool = False  # dtype=str: the executor writes the quotes around what it generates
+    check_pattern: str | None = None  # what the output must match, if not `pattern` (dtype=)
+    stops: tuple[str, ...] = ()  # stop strings a gen under this constraint adds (dtype=)
     _adapter: pydantic.TypeAdapter[Any] | None = field(default=None, repr=False)
 
     @cached_property
@@ -74,7 +90,10 @@ class Constraint:
 
     def parse(self, text: str) -> Any:
         """Check `text` against the constraint; return the typed value or raise ConstraintError."""
-        if self.kind == "regex" and not self._matches(text):
+        if self.check_pattern is not None:
+            if regex.fullmatch(self.check_pattern, text, timeout=VALIDATION_TIMEOUT_S) is None:
+                raise ConstraintError(f"output {text!r} does not match {self.description}")
+        elif self.kind == "regex" and not self._matches(text):
             raise ConstraintError(f"output {text!r} does not match {self.description}")
         if self.kind == "choices" and text not in self.choices:
             raise ConstraintError(f"output {text!r} is not one of {list(self.choices)}")
@@ -166,28 +185,29 @@ def make_constraint(
 
 
 def dtype_constraint(dtype: Any) -> Constraint:
-    """SGLang's `dtype=`: int, float, bool and str (or their names) as SGLang's regexes
-    (REGEX_INT, REGEX_FLOAT, REGEX_BOOL, REGEX_STR), so the generated text is what SGLang
-    generates (a str is a double-quoted JSON string). The value is the Python value the text
-    denotes: an int, a float, a bool, or the string between the quotes."""
+    """SGLang's `dtype=`: int, float, bool and str (or their names). The text kept matches
+    SGLang's REGEX_INT, REGEX_FLOAT, REGEX_BOOL or REGEX_STR (a str is a double-quoted
+    string), and a number ends at a space or newline as in SGLang; the value is what the text
+    denotes (an int, a float, a bool, the string between the quotes).
+
+    What the engine enforces is a little wider (`_DTYPE_WIRE`): after the value, anything, with
+    a stop at the character that ended it, so a model can end a value with the token it wants
+    ('",', " hours") and the stop keeps only the value. A str's opening quote is written by
+    the executor before the request and its closing quote after it (`quoted`)."""
     python_type = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if python_type is str:
-        return Constraint(
-            kind="regex",
-            pattern=REGEX_STR,
-            python_type=str,
-            quoted=True,
-            description="a double-quoted string (dtype=str)",
-        )
-    patterns = {int: REGEX_INT, float: REGEX_FLOAT, bool: REGEX_BOOL}
-    if python_type not in patterns:
+    checks = {int: REGEX_INT, float: REGEX_FLOAT, bool: REGEX_BOOL, str: REGEX_STR}
+    if python_type not in checks:
         raise ConstraintError(f"dtype= must be int, float, str or bool, got {dtype!r}")
-    pattern = patterns[python_type]
+    pattern, stops = _DTYPE_WIRE[python_type]
+    name = python_type.__name__
     return Constraint(
         kind="regex",
         pattern=pattern,
         python_type=python_type,
-        description=f"regex {pattern!r} (dtype={python_type.__name__})",
+        quoted=python_type is str,
+        check_pattern=checks[python_type],
+        stops=stops,
+        description=f"regex {checks[python_type]!r} (dtype={name})",
     )
 
 
@@ -214,6 +234,7 @@ def schema_constraint(
     if not isinstance(schema, dict):
         raise ConstraintError(f"json_schema= must be a JSON object, got {schema!r}")
     _check_schema(json.dumps(schema, sort_keys=True, default=str))
+    schema = bounded_numbers(schema)
     title = schema.get("title", "")
     return Constraint(
         kind="json_schema",
@@ -267,6 +288,34 @@ def type_constraint(python_type: Any) -> Constraint | None:
     if isinstance(python_type, type) and issubclass(python_type, enum.Enum):
         return choices_constraint([str(m.value) for m in python_type], python_type)
     return _json_type(python_type)
+
+
+# Unbounded numbers let a small model write digits until max_tokens ("population": 100000...).
+# The bound: at most 16 digits, as llama.cpp's JSON-schema grammars allow, and the largest
+# integer a double holds exactly (engines compare bounds as doubles: 10**16 - 1 rounds up to
+# 10**16, which llguidance then allowed).
+NUMBER_LIMIT = 2**53 - 1
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def bounded_numbers(schema: Any) -> Any:
+    """`schema` with every integer and number that has no bound of its own bounded to
+    +/-NUMBER_LIMIT (a bound the schema gives wins; its other side is still bounded)."""
+    if isinstance(schema, list):
+        return [bounded_numbers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: bounded_numbers(value) for key, value in schema.items()}
+    declared = schema.get("type")  # (a property named "type" holds a schema, not a type)
+    kinds = {declared} if isinstance(declared, str) else set()
+    if isinstance(declared, list):
+        kinds = {kind for kind in declared if isinstance(kind, str)}
+    if kinds & {"integer", "number"} and "enum" not in schema and "const" not in schema:
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            bounded["minimum"] = -NUMBER_LIMIT
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            bounded["maximum"] = NUMBER_LIMIT
+    return bounded
 
 
 def closed_schema(schema: Any) -> Any:

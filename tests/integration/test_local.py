@@ -155,3 +155,23 @@ def test_sampled_json_always_validates(gemma_local: lp.Local) -> None:
         assert state.error() is None, state.error()
         assert set(state["v"]) == {"tags", "score"} and 0 <= state["v"]["score"] <= 100
         assert set(state["v"]["tags"]) <= {"a", "b", "c"}
+
+
+class _Country(pydantic.BaseModel):
+    name: str
+    population: int
+
+
+def test_an_unbounded_integer_field_ends_within_sixteen_digits(gemma_local: lp.Local) -> None:
+    """Issue 16: Gemma wrote `"population": 1000000000...` until max_tokens under an unbounded
+    integer schema (the JSON never closed). lmprog bounds numbers that have no bound of their
+    own (constraints.NUMBER_LIMIT), so the object closes."""
+    from lmprog.constraints import NUMBER_LIMIT
+
+    @lp.function
+    def country(s):
+        s += "Facts about France as JSON:\n" + lp.gen("c", type=_Country, max_tokens=60)
+
+    state = country.run(backend=gemma_local, temperature=0)
+    assert state.error() is None, state.error()
+    assert abs(state["c"].population) <= NUMBER_LIMIT

@@ -117,3 +117,31 @@ def test_bad_fallback_arguments_fail_at_once() -> None:
         lp.gen("x", regex="a", fallback="retry")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_attempts"):
         lp.gen("x", regex="a", fallback="validate", max_attempts=0)
+
+
+def test_numbers_without_bounds_get_sixteen_digits_and_a_schemas_own_bounds_win() -> None:
+    """Issue 16: an unbounded integer let a small model write digits until max_tokens."""
+    from lmprog.constraints import NUMBER_LIMIT, schema_constraint
+
+    schema = schema_constraint(
+        {
+            "type": "object",
+            "properties": {
+                "population": {"type": "integer"},
+                "ratio": {"type": ["number", "null"], "minimum": 0},
+                "type": {"type": "string"},  # a property named "type" is not a type
+                "level": {"type": "integer", "enum": [1, 2]},
+            },
+        }
+    ).schema
+    assert schema is not None
+    properties = schema["properties"]
+    assert properties["population"] == {
+        "type": "integer",
+        "minimum": -NUMBER_LIMIT,
+        "maximum": NUMBER_LIMIT,
+    }
+    assert (properties["ratio"]["minimum"], properties["ratio"]["maximum"]) == (0, NUMBER_LIMIT)
+    assert properties["type"] == {"type": "string"}
+    assert "maximum" not in properties["level"]
+    assert len(str(NUMBER_LIMIT)) == 16
