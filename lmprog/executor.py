@@ -512,6 +512,16 @@ class Execution:
 
     async def _gen(self, node: Gen) -> None:
         sampling = node.sampling.merged_over(self.defaults)
+        validates = self._validates(node)
+        # dtype=str: the quotes are written here and the engine generates what is between
+        # them, stopping at the closing quote (a model may end with '",'; see dtype_constraint)
+        quote = '"' if node.constraint is not None and node.constraint.quoted else ""
+        if quote and not validates:
+            self._append(quote, "gen", node.name)
+            stops = (*(sampling.stop or ()), quote)
+            sampling = SamplingParams(**{**sampling.__dict__, "stop": tuple(dict.fromkeys(stops))})
+        else:
+            quote = ""
         request = self._request(
             sampling,
             constraint=node.constraint,
@@ -521,7 +531,7 @@ class Execution:
         self._observe(node.describe(), request.prompt)
         started = time.perf_counter()
         path = self.backend.capabilities.enforcement if node.constraint else None
-        if self._validates(node):
+        if validates:
             assert node.constraint is not None
             values = []
             generations = []
@@ -544,8 +554,8 @@ class Execution:
             generations = await asyncio.gather(
                 *(self._send(_reseeded(request, i), node.name) for i in range(node.n))
             )
-            values = [self._parse(node, g) for g in generations]
-            self._append(generations[0].text, "gen", node.name)
+            values = [self._parse(node, g, quote) for g in generations]
+            self._append(generations[0].text + _closing(generations[0], quote), "gen", node.name)
             value = values
             generation = generations[0]
         else:
@@ -559,11 +569,12 @@ class Execution:
                 self._append(piece, "gen", node.name, meta)
 
             generation = await self._send(request, node.name, on_text if self.stream else None)
-            value = self._parse(node, generation)
+            value = self._parse(node, generation, quote)
             if streamed:
                 _check_stream(streamed, generation)
             else:
                 self._append(generation.text, "gen", node.name)
+            self._append(_closing(generation, quote), "gen", node.name)
         if node.tools and node.n == 1:
             value = await run_tool(node.tools, value)
         self._span.attributes.update(
@@ -603,13 +614,16 @@ class Execution:
             return "<think>\n", "\n</think>\n\n"
         return " Reasoning:", "\nAnswer:"
 
-    def _parse(self, node: Gen, generation: Generation) -> Any:
+    def _parse(self, node: Gen, generation: Generation, quote: str = "") -> Any:
+        """The value of `generation` under the gen's constraint (`quote`: the quotes the
+        executor wrote around it, for dtype=str)."""
         if node.constraint is None:
             return generation.text
         try:
             if node.constraint.kind == "grammar" and generation.finish_reason == "length":
                 raise ConstraintError("the output may be incomplete under the grammar")
-            return node.constraint.parse(generation.text)
+            text = quote + generation.text + _closing(generation, quote)
+            return node.constraint.parse(text)
         except ConstraintError as exc:
             if generation.finish_reason == "length":
                 raise ConstraintError(
@@ -827,6 +841,11 @@ def _reseeded(request: GenerateRequest, index: int) -> GenerateRequest:
         **{**request.sampling.__dict__, "seed": None if seed is None else seed + index}
     )
     return GenerateRequest(**{**request.__dict__, "sampling": sampling})
+
+
+def _closing(generation: Generation, quote: str) -> str:
+    """The closing quote of a dtype=str gen, unless the token limit cut the string short."""
+    return quote if quote and generation.finish_reason != "length" else ""
 
 
 def _check_stream(pieces: list[str], generation: Generation) -> None:

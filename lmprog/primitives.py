@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmprog.choices import ChoicesMethod, token_length_normalized
-from lmprog.constraints import DTYPE_STOPS, Constraint, choices_constraint, make_constraint
+from lmprog.constraints import Constraint, choices_constraint, make_constraint
 from lmprog.errors import ConstraintError
 from lmprog.ir import (
     Gen,
@@ -82,10 +82,10 @@ def gen(
     wrong); without it such a backend raises UnsupportedFeatureError. The path taken is
     `get_meta_info(name)["constraint_path"]`.
 
-    `dtype=` (int, float, bool, str: SGLang's spelling) generates what SGLang generates, under
-    its regexes (`lmprog.ir.REGEX_INT` ...): a number stops at the first space or newline after
-    it, a str is a double-quoted string. `s[name]` is the value the text denotes (an int, a
-    float, a bool, the string between the quotes); the text itself is in `s.text()`.
+    `dtype=` (int, float, bool, str: SGLang's spelling) generates text matching SGLang's
+    regexes (`lmprog.ir.REGEX_INT` ...): a number stops where it ends (a space, newline,
+    comma...), a str is a double-quoted string. `s[name]` is the value the text denotes (an
+    int, a float, a bool, the string between the quotes); the text itself is in `s.text()`.
     `type=str` is lmprog's own spelling of free text. `return_text_in_logprobs` is accepted
     for SGLang: lmprog's logprob entries always carry each token's text."""
     del return_text_in_logprobs  # every entry of output_token_logprobs has its "token" text
@@ -106,8 +106,8 @@ def gen(
         constraint, specs = _gen_constraint(
             name, regex, json_schema, type, choices, grammar, dtype, tools
         )
-        if dtype is not None and constraint is not None and constraint.python_type in (int, float):
-            stop = _with_stops(stop, DTYPE_STOPS)
+        if constraint is not None and constraint.stops:
+            stop = _with_stops(stop, constraint.stops)
         answer = Gen(
             name=name,
             sampling=SamplingParams.from_kwargs(

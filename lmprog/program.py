@@ -340,7 +340,9 @@ def function(
 ) -> Program | Callable[[Callable[..., Any]], Program]:
     """Turn `def f(s, ...)` (or `async def`) into a program. `@lp.function(temperature=0)`
     sets sampling defaults for every gen in it."""
-    defaults.pop("num_api_spec_tokens", None)  # SGLang's API speculation; one request per gen here
+    # SGLang's API speculation (and its earlier spelling); one request per gen here
+    defaults.pop("num_api_spec_tokens", None)
+    defaults.pop("api_num_spec_tokens", None)
     unknown = set(defaults) - SAMPLING_NAMES
     if unknown:
         raise TypeError(

@@ -87,7 +87,7 @@ def prefix_check(constraint: Constraint) -> Feasible:
         return partial_reader(constraint).feasible
     if constraint.kind == "regex":
         assert constraint.pattern is not None
-        compiled = regex.compile(constraint.pattern)
+        compiled = regex.compile(constraint.check_pattern or constraint.pattern)
 
         def could_match(text: str) -> bool:
             try:

@@ -109,8 +109,10 @@ def test_regex_constants_are_sglangs() -> None:
 
 
 def _json_replies() -> ScriptedBackend:
-    replies = {'"name": ': '"Paris"', '"population": ': "2100000", '"area": ': "105 km"}
-    replies |= {'"country": ': '"France"', '"timezone": ': '"CET"'}
+    """Replies as a model writes them, ending each value with the token it likes ('",' or a
+    space); the gen's stops keep only the value. A string's opening quote is in the prompt."""
+    replies = {'"name": "': 'Paris",', '"population": ': "2100000,", '"area": ': "105 km"}
+    replies |= {'"country": "': 'France",\n', '"timezone": "': 'CET"\n}'}
     return ScriptedBackend(lambda r: next(v for k, v in replies.items() if r.prompt.endswith(k)))
 
 
@@ -137,15 +139,17 @@ def test_decode_json_from_typed_pieces_is_valid_json() -> None:
     assert data == {
         "name": "Paris",
         "population": 2100000,
-        "area": 105,  # the reply "105 km" stops at the space, as in SGLang
+        "area": 105,  # "105 km" stops at the space, "2100000," at the comma
         "country": "France",
         "timezone": "CET",
     }
     assert state["country"] == "France"  # the value between the quotes; the text keeps them
-    patterns = [r.constraint.pattern for r in backend.requests if r.constraint]
-    assert patterns == [lp.ir.REGEX_STR, lp.ir.REGEX_INT, lp.ir.REGEX_INT] + [lp.ir.REGEX_STR] * 2
-    int_stops = [r.sampling.stop for r in backend.requests][1]
-    assert int_stops is not None and {" ", "\n"} <= set(int_stops)
+    assert '"name": "Paris",\n  "population": 2100000,\n' in state.text()
+    stops = [set(r.sampling.stop or ()) for r in backend.requests]
+    assert {" ", "\n", ","} <= stops[1] and '"' in stops[0] and '"' not in stops[1]
+    values = ["Paris", "2100000", "105", "France", "CET"]
+    for request, value in zip(backend.requests, values, strict=True):
+        assert re.fullmatch(request.constraint.pattern, value)  # what the engine enforces
 
 
 def test_decode_json_regex_with_the_constants() -> None:
@@ -173,7 +177,7 @@ def test_dtype_gen_values() -> None:
     """Mirrors test_programs.test_dtype_gen and test_decode_int: each dtype's value converts
     as SGLang's test converts it (int(), float(), bool()); here it already is that type."""
     replies = {
-        "nams is ": '"Domain Name System"',
+        'nams is "': 'Domain Name System"',
         "invented?\nA: ": "1983\n",
         "pi?\nA: ": "3.14 or so",
         "blue?\nA: ": "True",
@@ -209,8 +213,41 @@ def test_type_str_stays_free_text_and_gen_string_is_quoted() -> None:
 
     state = both.run(backend=backend)
     assert backend.requests[0].constraint is None and state["free"] == "free words"
-    assert backend.requests[1].constraint is not None
-    assert "gen('quoted')" in str(state.error())  # the double's reply is not quoted
+    assert state["quoted"] == "free words"  # generated between the quotes the executor wrote
+    assert state.text() == 'a:free words b:"free words"'
+
+    cut = ScriptedBackend(lambda r: "a long string")
+
+    @lp.function
+    def short(s):
+        s += "a:" + lp.gen("quoted", dtype=str, max_tokens=3)
+
+    class Cut(ScriptedBackend):  # the token limit ends the string before its closing quote
+        async def generate(self, request, on_text=None):
+            generation = await super().generate(request, on_text)
+            generation.finish_reason = "length"
+            return generation
+
+    error = short.run(backend=Cut(cut._respond)).error()
+    assert isinstance(error, lp.ProgramError) and "raise max_tokens" in str(error)
+
+
+def test_gen_string_streams_its_quotes_and_validates_where_not_enforced() -> None:
+    @lp.function
+    def name(s):
+        s += "Name: " + lp.gen("name", dtype=str, fallback="validate")
+
+    state = name.run(backend=ScriptedBackend(lambda r: 'Ada Lovelace", she said'), stream=True)
+    pieces = list(state.text_iter("name"))
+    assert "".join(pieces) == '"Ada Lovelace"' and pieces[0] == '"' and pieces[-1] == '"'
+    assert state["name"] == "Ada Lovelace"
+
+    class NoRegex(ScriptedBackend):
+        capabilities = lp.Capabilities(constraints=frozenset({"json_schema"}), streaming=True)
+
+    unquoted = name.run(backend=NoRegex(lambda r: "Ada")).error()  # validated, not enforced:
+    assert isinstance(unquoted, lp.ProgramError)  # the model must write the quotes itself
+    assert name.run(backend=NoRegex(lambda r: '"Ada"'))["name"] == "Ada"
 
 
 def test_return_text_in_logprobs_is_accepted() -> None:
