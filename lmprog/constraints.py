@@ -234,11 +234,11 @@ def schema_constraint(
     if not isinstance(schema, dict):
         raise ConstraintError(f"json_schema= must be a JSON object, got {schema!r}")
     _check_schema(json.dumps(schema, sort_keys=True, default=str))
-    schema = bounded_numbers(schema)
-    title = schema.get("title", "")
+    bounded: dict[str, Any] = bounded_numbers(schema)
+    title = bounded.get("title", "")
     return Constraint(
         kind="json_schema",
-        schema=schema,
+        schema=bounded,
         _adapter=adapter,
         description=f"JSON schema {title}".strip(),
     )
