@@ -94,6 +94,29 @@ def add_note(exc: BaseException, note: str) -> None:
         pass
 
 
+class LocalNotInstalledError(LmprogError, ImportError):
+    """lp.Local, lp.LocalEmbeddings or a program with no backend used without the `local` extra
+    (torch, transformers, ...): says what to install, or which server backend to use."""
+
+    SERVER_BACKENDS = "lp.LlamaCpp(url), lp.VLLM(url), lp.SGLang(url) or lp.OpenAI(model)"
+
+    def __init__(self, what: str, missing: str) -> None:
+        super().__init__(
+            f"{what} runs the model in this process with torch, and {missing!r} is not "
+            "installed: pip install 'lmprog[local]' (install torch first, pinned to the build "
+            f"you want), or use a server backend: {self.SERVER_BACKENDS}, passed as backend= "
+            "or set with lp.set_default_backend(...)",
+            name=missing,
+        )
+
+    @classmethod
+    def for_default(cls, missing: str) -> LocalNotInstalledError:
+        """A program run with no backend given or set: the default, lp.Local(), cannot run."""
+        return cls(
+            "no backend was given or set, so the program would run on lp.Local(), which", missing
+        )
+
+
 class TemplateError(LmprogError):
     """A chat template failed to compile or render, or tried something the sandbox forbids."""
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lmprog import loop, prefix_lint
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
-from lmprog.errors import BatchError, BatchInterrupted, LmprogError
+from lmprog.errors import BatchError, BatchInterrupted, LmprogError, LocalNotInstalledError
 from lmprog.executor import Execution
 from lmprog.global_config import global_config, plug_default_backend
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
@@ -297,8 +297,6 @@ def resolve_backend(backend: Backend | None) -> Backend:
     if backend is not None:
         return backend
     if _default_backend is None:
-        from lmprog.backends.local import LocalNotInstalledError
-
         try:
             from lmprog.backends.local import Local
         except LocalNotInstalledError as exc:  # no `local` extra: fail now, saying what to do

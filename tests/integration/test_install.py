@@ -114,6 +114,9 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             tmp.rename(venv)  # console scripts name the tmp path: use `python -m` only
+            for stale in root.glob(f"py{sys.version_info.major}{sys.version_info.minor}-*"):
+                if stale != venv:  # made for an older pyproject.toml
+                    shutil.rmtree(stale, ignore_errors=True)
         else:  # dependencies in place: replace lmprog only (pip resolves, downloads nothing)
             run(python, "-m", "pip", "uninstall", "--quiet", "--yes", "lmprog")
             run(python, "-m", "pip", "install", "--quiet", wheel)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
-from lmprog.errors import LmprogError
+from lmprog.errors import LocalNotInstalledError
 
 if TYPE_CHECKING:
     from lmprog.backends.local.backend import Local
@@ -23,28 +23,6 @@ __all__ = ["Local", "LocalNotInstalledError"]
 LOCAL_MODULES = frozenset(
     {"torch", "transformers", "tokenizers", "safetensors", "gguf", "outlines_core", "llguidance"}
 )
-
-SERVER_BACKENDS = "lp.LlamaCpp(url), lp.VLLM(url), lp.SGLang(url) or lp.OpenAI(model)"
-
-
-class LocalNotInstalledError(LmprogError, ImportError):
-    """lp.Local or lp.LocalEmbeddings used without the `local` extra installed."""
-
-    def __init__(self, what: str, missing: str) -> None:
-        super().__init__(
-            f"{what} runs the model in this process with torch, and {missing!r} is not "
-            "installed: pip install 'lmprog[local]' (install torch first, pinned to the build "
-            f"you want), or use a server backend: {SERVER_BACKENDS}, passed as backend= or "
-            "set with lp.set_default_backend(...)",
-            name=missing,
-        )
-
-    @classmethod
-    def for_default(cls, missing: str) -> LocalNotInstalledError:
-        """A program run with no backend given or set: the default, lp.Local(), cannot run."""
-        return cls(
-            "no backend was given or set, so the program would run on lp.Local(), which", missing
-        )
 
 
 def missing_local_extra(exc: ModuleNotFoundError, what: str) -> LocalNotInstalledError | None:
