@@ -2,7 +2,9 @@
 
 It speaks what the benchmarked tools send: vLLM's flavour of the OpenAI API (`/version` makes
 lmprog treat it as vLLM: `structured_outputs`, `/tokenize`, prompt logprobs) and SGLang's
-native `/generate` (for SGLang's RuntimeEndpoint). Plain gens answer ANSWER; a choice
+native `/generate` (for SGLang's RuntimeEndpoint); since lmprog probes for SGLang first, lp.OpenAI
+sees an SGLang server, so the OpenAI endpoints also honour SGLang's top-level `regex` and
+`json_schema` fields. Plain gens answer ANSWER; a choice
 constraint (or a regex alternation) answers its first choice; a JSON schema answers a small
 instance of the schema; logprobs are -1 per token. Tokens are whitespace-led words (ids from crc32).
 
@@ -13,6 +15,7 @@ client spends per request: `python bench/zero_server.py` prints its URL and serv
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import zlib
@@ -23,7 +26,17 @@ _WORD = re.compile(r"\s*\S+|\s+")
 
 
 def tokenize(text: str) -> list[int]:
-    return [1] + [zlib.crc32(w.encode()) % 30000 + 10 for w in _WORD.findall(text)]
+    return [1] + [_word_id(w) for w in _WORD.findall(text)]
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_id(word: str) -> int:
+    return zlib.crc32(word.encode()) % 30000 + 10
+
+
+def count_tokens(text: str) -> int:
+    """len(tokenize(text)), without the ids (what a plain /generate reports)."""
+    return 1 + len(_WORD.findall(text))
 
 
 def instance(schema: dict[str, Any]) -> Any:
@@ -59,7 +72,11 @@ def completions(body: dict[str, Any]) -> dict[str, Any]:
         prompts = [prompts]
     choices = []
     for index, prompt in enumerate(prompts):
-        choice: dict[str, Any] = {"index": index, "text": answer(body, {}), "finish_reason": "stop"}
+        choice: dict[str, Any] = {
+            "index": index,
+            "text": answer(body, body),
+            "finish_reason": "stop",
+        }
         if body.get("prompt_logprobs") is not None:
             ids = prompt if isinstance(prompt, list) else tokenize(prompt)
             choice["prompt_logprobs"] = [None] + [
@@ -77,7 +94,7 @@ def completions(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat(body: dict[str, Any]) -> dict[str, Any]:
-    message = {"role": "assistant", "content": answer(body, {})}
+    message = {"role": "assistant", "content": answer(body, body)}
     return {
         "id": "zero",
         "object": "chat.completion",
@@ -93,14 +110,15 @@ def generate(body: dict[str, Any]) -> Any:
     many = isinstance(texts, list) and not (texts and isinstance(texts[0], int))
     results = []
     for text in texts if many else [texts]:
-        ids = text if isinstance(text, list) else tokenize(text)
+        logprobs = body.get("return_logprob")
+        ids = text if isinstance(text, list) else tokenize(text) if logprobs else None
         meta: dict[str, Any] = {
-            "prompt_tokens": len(ids),
+            "prompt_tokens": len(ids) if ids is not None else count_tokens(text),
             "completion_tokens": 2,
             "cached_tokens": 0,
             "finish_reason": {"type": "stop"},
         }
-        if body.get("return_logprob"):
+        if ids is not None and logprobs:
             start = body.get("logprob_start_len", 0)
             meta["input_token_logprobs"] = [[-1.0, i, " w"] for i in ids[start:]]
             meta["output_token_logprobs"] = []

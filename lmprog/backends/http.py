@@ -102,7 +102,7 @@ class JsonClient:
         attempt = 0
         while True:
             try:
-                status, headers, text = await self._exchange(method, path, data)
+                status, headers, raw = await self._exchange(method, path, data)
             except _Dropped as dropped:
                 if attempt >= self.max_retries:
                     raise self._unavailable(dropped.__cause__, path) from dropped.__cause__
@@ -116,21 +116,24 @@ class JsonClient:
             await asyncio.sleep(_retry_after(headers) or _backoff(attempt))
             attempt += 1
         if status >= 400:
-            raise self._status_error(status, text, path)
+            raise self._status_error(status, raw.decode(errors="replace"), path)
         try:
-            return json.loads(text)
+            try:
+                return json.loads(raw)
+            except UnicodeDecodeError:  # not UTF-8: read as before, bad bytes replaced
+                return json.loads(raw.decode(errors="replace"))
         except json.JSONDecodeError as exc:
             raise BackendResponseError(
                 f"{self.server} at {self.base_url}{path} sent a body that is not JSON: "
-                f"{text[:200]!r}"
+                f"{raw[:200].decode(errors='replace')!r}"
             ) from exc
 
-    async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, str]:
-        """One request: (status, headers, body text)."""
+    async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
+        """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
+        json.loads reads the bytes as they are, without aiohttp's charset detection."""
         with self._transport_errors(path):
             async with self._http().request(method, self.base_url + path, data=data) as response:
-                text = await response.text(errors="replace")
-                return response.status, response.headers, text
+                return response.status, response.headers, await response.read()
 
     @contextlib.contextmanager
     def _transport_errors(self, path: str) -> Iterator[None]:
