@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import httpx
 
+from lmprog import loop
 from lmprog.backends.base import Backend, WrappedBackend
 from lmprog.backends.detect import SERVERS
 from lmprog.backends.dialect import LaunchSpec
@@ -55,8 +56,8 @@ class Runtime(WrappedBackend):
 
     def __init__(
         self,
-        engine: str,
-        model: str | os.PathLike[str],
+        engine: str | None = None,
+        model: str | os.PathLike[str] | None = None,
         *,
         slots: int = 4,
         ctx_per_slot: int = 4096,
@@ -64,8 +65,19 @@ class Runtime(WrappedBackend):
         startup_timeout: float = 300.0,
         log_path: str | os.PathLike[str] | None = None,
         port: int | None = None,
+        model_path: str | os.PathLike[str] | None = None,
+        launch_timeout: float | None = None,
         **engine_args: Any,
     ) -> None:
+        # SGLang's spelling, `Runtime(model_path=..., launch_timeout=...)`: an SGLang server
+        if model_path is not None:
+            if model is not None:
+                raise TypeError("give the model once: model or model_path= (SGLang's keyword)")
+            model, engine = model_path, engine or "sglang"
+        if engine is None or model is None:
+            raise TypeError("lp.Runtime needs an engine and a model: Runtime(engine, model)")
+        if launch_timeout is not None:
+            startup_timeout = launch_timeout
         launchers = {d.engine: d.launch for d in SERVERS if d.engine and d.launch}
         recipe = launchers.get(engine)
         if recipe is None:
@@ -102,6 +114,15 @@ class Runtime(WrappedBackend):
             raise
         super().__init__(launch.backend)
         self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"  # not the inner backend's
+
+    @property
+    def endpoint(self) -> Backend:
+        """SGLang's name for the backend that talks to the server."""
+        return self.inner
+
+    def cache_prefix(self, prefix: str) -> None:
+        """Compute `prefix` into the server's prefix cache now (SGLang's Runtime method)."""
+        loop.wait(self.warm(prefix))
 
     @property
     def backend(self) -> Backend:

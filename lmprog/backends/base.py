@@ -19,6 +19,7 @@ from lmprog.constraints import Constraint
 from lmprog.errors import UnsupportedFeatureError
 from lmprog.ir import SamplingParams
 from lmprog.templates import ChatTemplate
+from lmprog.usage import TokenUsage, token_usage
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,12 @@ class Backend(abc.ABC):
 
     def cached_chat_template(self) -> ChatTemplate | None:
         return self._template
+
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Prompt and completion tokens of every request this backend served, as the engine
+        reported them (SGLang's `backend.token_usage`; `.reset()` starts over)."""
+        return token_usage(self)
 
     async def _model_chat_template(self) -> ChatTemplate | None:
         """The model's own template, where the engine or its files tell it (called once)."""

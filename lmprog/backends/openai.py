@@ -64,28 +64,35 @@ _LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, kee
 class OpenAI(Backend):
     """`model` at the OpenAI API, or at `base_url` (any OpenAI-compatible server).
 
-    is_chat_model: None guesses: the OpenAI API serves chat models (but "*instruct*" ones);
-    a server at `base_url` is used through its completions endpoint, which keeps the program's
-    text byte-exact and its prefix cacheable. server: the server's kind ("openai", "vllm",
-    "llamacpp", "sglang", "generic", ... as `lmprog.backends.detect` lists them) or its
-    Dialect; None detects it on first use.
+    model_name= is SGLang's spelling of model=. is_chat_model: None guesses: the OpenAI API
+    serves chat models (but "*instruct*" ones); a server at `base_url` is used through its
+    completions endpoint, which keeps the program's text byte-exact and its prefix cacheable.
+    server: the server's kind ("openai", "vllm", "llamacpp", "sglang", "generic", ... as
+    `lmprog.backends.detect` lists them) or its Dialect; None detects it on first use.
     """
 
     template_hint = "is_chat_model=True"
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         is_chat_model: bool | None = None,
         *,
+        model_name: str | None = None,
         server: str | Dialect | None = None,
         chat_template: str | ChatTemplate | None = None,
         timeout: float = 600.0,
         max_retries: int = 3,
         **client_kwargs: Any,
     ) -> None:
+        if model_name is not None:  # SGLang's keyword
+            if model is not None and model != model_name:
+                raise TypeError("give the model once: model= or model_name= (SGLang's keyword)")
+            model = model_name
+        if model is None:
+            raise TypeError("lp.OpenAI needs a model: model= (or SGLang's model_name=)")
         self.model = model
         self.base_url = base_url.rstrip("/") if base_url else None
         if is_chat_model is None:

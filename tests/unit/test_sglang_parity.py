@@ -701,3 +701,16 @@ def test_hosted_backends_are_openai_compatible_endpoints(
 def test_engine_refuses_sglang_server_arguments() -> None:
     with pytest.raises(TypeError, match="mem_fraction_static"):
         lp.Engine(model_path="x", mem_fraction_static=0.8)
+
+
+def test_sglangs_constructor_keywords() -> None:
+    """SGLang spells them `sgl.OpenAI(model_name=...)` and `sgl.Runtime(model_path=...)`."""
+    assert lp.OpenAI(model_name="gpt-4o-mini", api_key="k").model == "gpt-4o-mini"
+    with pytest.raises(TypeError, match="once"):
+        lp.OpenAI("a", model_name="b")
+    with pytest.raises(TypeError, match="needs a model"):
+        lp.OpenAI()
+    with pytest.raises(TypeError, match="once"):
+        lp.Runtime("sglang", "m", model_path="m")
+    with pytest.raises(TypeError, match="engine and a model"):
+        lp.Runtime()
