@@ -187,15 +187,18 @@ class SGLang(Backend):
         )
         if not isinstance(results, list) or len(results) != len(texts):
             raise BackendResponseError(f"{self.name} answered a batch with {str(results)[:200]}")
-        prompt = _input_tokens(results[0])
+        prompt_ids = _input_ids(_input_entries(results[0]))
         scored = []
         for i, choice in enumerate(choices):
-            full = _input_tokens(results[1 + i])
-            _, own = split_choice([t for t, _, _ in prompt], full, token_id=lambda entry: entry[0])
+            full = _input_entries(results[1 + i])
+            # the ids alone are compared; only the choice's own entries are read in full
+            shared, _ = split_choice(prompt_ids, _input_ids(full))
+            own = _input_tokens(full[len(shared) :])
             unconditional = None
             if method.requires_unconditional_logprobs:
-                alone = _input_tokens(results[1 + len(choices) + i])[-len(own) :] if own else []
-                unconditional = tuple(lp if lp is not None else 0.0 for _, lp, _ in alone)
+                alone = _input_entries(results[1 + len(choices) + i])
+                tail = _input_tokens(alone[-len(own) :]) if own else []
+                unconditional = tuple(lp if lp is not None else 0.0 for _, lp, _ in tail)
             scored.append(
                 ChoiceLogprobs(
                     choice,
@@ -226,17 +229,37 @@ def constraint_params(constraint: Constraint | None) -> dict[str, Any]:
     return {"ebnf": constraint.grammar}
 
 
-def _input_tokens(result: Any) -> list[tuple[int, float | None, str]]:
-    """(token id, logprob, text) of each prompt token; SGLang sends [logprob, id, text]."""
+def _input_entries(result: Any) -> list[Any]:
+    """SGLang's `input_token_logprobs` of one result: [logprob, id, text] per prompt token."""
     try:
         entries = result["meta_info"]["input_token_logprobs"]
+    except (KeyError, TypeError) as exc:
+        raise _no_input_logprobs(result) from exc
+    if not isinstance(entries, list):
+        raise _no_input_logprobs(result)
+    return entries
+
+
+def _input_ids(entries: list[Any]) -> list[Any]:
+    """The token ids of `entries` (compared, never converted: a prompt has hundreds)."""
+    try:
+        return [e[1] for e in entries]
+    except (KeyError, TypeError, IndexError) as exc:
+        raise _no_input_logprobs(entries) from exc
+
+
+def _input_tokens(entries: list[Any]) -> list[tuple[int, float | None, str]]:
+    """(token id, logprob, text) of each entry; SGLang sends [logprob, id, text]."""
+    try:
         return [
             (int(e[1]), None if e[0] is None else float(e[0]), str(e[2] or "")) for e in entries
         ]
     except (KeyError, TypeError, IndexError, ValueError) as exc:
-        raise BackendResponseError(
-            f"SGLang sent no usable input_token_logprobs: {str(result)[:200]}"
-        ) from exc
+        raise _no_input_logprobs(entries) from exc
+
+
+def _no_input_logprobs(found: Any) -> BackendResponseError:
+    return BackendResponseError(f"SGLang sent no usable input_token_logprobs: {str(found)[:200]}")
 
 
 def _generation(data: Any) -> Generation:
