@@ -54,8 +54,9 @@ def test_openai_api_gets_structured_outputs_and_refuses_the_rest(server: FakeOpe
     sent = server.requests[-1]["response_format"]
     assert sent["type"] == "json_schema"
     assert sent["json_schema"]["strict"] is True
+    limit = lp.constraints.NUMBER_LIMIT  # numbers are bounded (structured outputs take it)
     assert sent["json_schema"]["schema"]["properties"] == {
-        "value": {"title": "Value", "type": "integer"}
+        "value": {"title": "Value", "type": "integer", "minimum": -limit, "maximum": limit}
     }
 
     @lp.function
