@@ -11,7 +11,7 @@ declared by the server's own module; lp.OpenAI looks it up instead of branching 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -114,7 +114,6 @@ class Dialect:
     logprobs: bool = True  # returns the logprobs it is asked for
     trims_stop: bool = True  # leaves a stop string out of its text (some leave it in)
     generates: bool = True  # serves completions or chat (an embeddings server does not)
-    extra_fields: Mapping[str, Any] = field(default_factory=dict)  # sent with every request
 
     def capabilities(self, chat: bool) -> Capabilities:
         scoring = {"token_length_normalized", "greedy_token_selection"}

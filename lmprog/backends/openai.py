@@ -261,7 +261,6 @@ class OpenAI(Backend):
                 "leave them unset for this server",
             )
         return {k: v for k, v in standard.items() if v is not None}, {
-            **dialect.extra_fields,
             **dialect.sampling_fields(sampling),
             **extra,
         }
