@@ -43,13 +43,18 @@ from lmprog.errors import (
     ConstraintError,
     LmprogError,
     LocalNotInstalledError,
+    MCPNotInstalledError,
+    MCPServerError,
     ProgramError,
     TemplateError,
+    ToolError,
+    ToolTimeoutError,
     UnsupportedFeatureError,
 )
 from lmprog.global_config import global_config
 from lmprog.hosted import Anthropic, LiteLLM, VertexAI
 from lmprog.launch import Runtime
+from lmprog.mcp import MCPTools, mcp_tools
 from lmprog.prefix_lint import PrefixOrderWarning
 from lmprog.primitives import (
     assistant,
@@ -123,6 +128,9 @@ __all__ = [
     "Local",
     "LocalEmbeddings",
     "LocalNotInstalledError",
+    "MCPNotInstalledError",
+    "MCPServerError",
+    "MCPTools",
     "OpenAI",
     "OpenTelemetryTraces",
     "PartialStream",
@@ -138,6 +146,8 @@ __all__ = [
     "TemplateError",
     "TemplateGuessWarning",
     "ToolCall",
+    "ToolError",
+    "ToolTimeoutError",
     "UnsupportedFeatureError",
     "VertexAI",
     "aembed",
@@ -157,6 +167,7 @@ __all__ = [
     "global_config",
     "greedy_token_selection",
     "image",
+    "mcp_tools",
     "select",
     "separate_reasoning",
     "set_default_backend",

@@ -117,6 +117,36 @@ class LocalNotInstalledError(LmprogError, ImportError):
         )
 
 
+class ToolError(LmprogError):
+    """An MCP tool failed: it raised or returned an error result (`isError`), or the server
+    refused the call. The message names the server and the tool; `.server` and `.tool` hold
+    them (`.tool` is None for a failure before any tool was called)."""
+
+    def __init__(self, message: str, server: str, tool: str | None = None) -> None:
+        self.server = server
+        self.tool = tool
+        super().__init__(message)
+
+
+class ToolTimeoutError(ToolError):
+    """An MCP tool did not answer within `lp.mcp_tools(timeout=...)` seconds."""
+
+
+class MCPServerError(ToolError):
+    """An MCP server could not be started or reached, did not connect in time, or died."""
+
+
+class MCPNotInstalledError(LmprogError, ImportError):
+    """`lp.mcp_tools` used without the `mcp` extra (the official MCP SDK)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "lp.mcp_tools needs the official MCP SDK, which is not installed: "
+            "pip install 'lmprog[mcp]'",
+            name="mcp",
+        )
+
+
 class TemplateError(LmprogError):
     """A chat template failed to compile or render, or tried something the sandbox forbids."""
 

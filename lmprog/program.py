@@ -20,6 +20,7 @@ from lmprog.errors import BatchError, BatchInterrupted, LmprogError, LocalNotIns
 from lmprog.executor import Execution
 from lmprog.global_config import global_config, plug_default_backend
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
+from lmprog.mcp import scope as mcp_scope
 from lmprog.scheduling import BatchScheduler
 from lmprog.state import Batch, ProgramState
 from lmprog.tracer import TracedProgram, cached_prefix, current_tracer, trace_program
@@ -213,6 +214,8 @@ class Program:
         failed = 0
 
         scheduler = BatchScheduler(chosen, len(batch))  # prefix order, shared prefixes warmed
+        tool_scope = mcp_scope.SessionScope()  # one session per MCP server for the batch
+        entered = mcp_scope.enter(tool_scope)
 
         async def one(index: int) -> None:
             nonlocal failed
@@ -234,6 +237,8 @@ class Program:
         finally:
             if bar is not None:
                 bar.close()
+            mcp_scope.leave(entered)
+            await tool_scope.aclose()
 
     # ----- the core -----------------------------------------------------------------------
 
@@ -271,8 +276,14 @@ class Program:
         self, state: ProgramState, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         execution = state._execution
+        tool_scope = mcp_scope.current()  # a batch's, shared; else this run's own
+        own_scope = tool_scope is None
+        if tool_scope is None:
+            tool_scope = mcp_scope.SessionScope()
+            mcp_scope.enter(tool_scope)
+        body = mcp_scope.bound(tool_scope, lambda s: self.func(s, *args, **kwargs))
         try:
-            state._ret_value = await loop.run_body(lambda s: self.func(s, *args, **kwargs), state)
+            state._ret_value = await loop.run_body(body, state)
             await execution.wait_idle(with_children=True)
         except asyncio.CancelledError as exc:
             execution.fail("program", exc)
@@ -286,6 +297,8 @@ class Program:
                 print(execution.text)
         finally:
             execution.mark_finished()
+            if own_scope:
+                await tool_scope.aclose()  # the run's MCP sessions (lp.mcp_tools)
 
     def __repr__(self) -> str:
         return f"<lmprog program {self.name!r}>"

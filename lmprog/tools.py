@@ -5,6 +5,11 @@ exactly one call to one of the tools with valid arguments, so it always parses. 
 callable then runs (awaited if async, in a worker thread if not, so a slow tool never stalls
 other programs), and `s[name]` is a `ToolCall` holding its result. The text of the program
 keeps the call's JSON; what to append next (the result, another turn) is the program's choice.
+
+`tool_choice` says whether a call must come: "required" (the default), a tool's name, "auto"
+(the model may answer in text instead: under a schema admitting `{"answer": "..."}` beside the
+calls) or "none". Servers that parse tool calls themselves take the native path instead
+(lmprog.tool_messages).
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 import pydantic
 
@@ -24,12 +29,23 @@ from lmprog.errors import ConstraintError
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A tool as the model sees it, plus the callable that runs it (None for a bare schema)."""
+    """A tool as the model sees it, plus what runs it: a Python callable (`function`), a call
+    to a server (`call`: an MCP tool's, from lp.mcp_tools), or neither (a bare schema)."""
 
     name: str
     description: str
     parameters: dict[str, Any]
     function: Callable[..., Any] | None = None
+    call: Callable[[dict[str, Any]], Awaitable[ToolCall]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+
+@runtime_checkable
+class ToolSet(Protocol):
+    """Tools that come as a group whose specs are known only once listed (lp.mcp_tools)."""
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -39,16 +55,34 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
     result: Any = None
+    id: str | None = field(default=None, compare=False)  # what the tool message answers
+    # An MCP tool's result as the server sent it: `result` is its text, `structured` its
+    # structured content (None if it gave none), `content` every content block as JSON.
+    structured: Any = None
+    content: tuple[dict[str, Any], ...] = ()
 
 
-def tool_specs(tools: Sequence[Callable[..., Any] | dict[str, Any]]) -> tuple[ToolSpec, ...]:
-    specs = tuple(_spec(tool) for tool in tools)
+def tool_specs(
+    tools: Sequence[Callable[..., Any] | dict[str, Any] | ToolSpec | ToolSet] | ToolSet,
+) -> tuple[ToolSpec, ...]:
+    """The specs of `tools=`: callables, tool schemas, ToolSpecs, and tool sets (an MCP
+    server's tools), flattened in order."""
+    given = [tools] if isinstance(tools, ToolSet) else tools
+    specs = tuple(spec for tool in given for spec in _specs(tool))
     names = [spec.name for spec in specs]
     if not specs:
         raise ConstraintError("tools= must name at least one tool")
     if len(set(names)) != len(names):
         raise ConstraintError(f"tool names must be distinct, got {names}")
     return specs
+
+
+def _specs(tool: Callable[..., Any] | dict[str, Any] | ToolSpec | ToolSet) -> tuple[ToolSpec, ...]:
+    if isinstance(tool, ToolSet):
+        return tool.tool_specs()
+    if isinstance(tool, ToolSpec):
+        return (tool,)
+    return (_spec(tool),)
 
 
 def _spec(tool: Callable[..., Any] | dict[str, Any]) -> ToolSpec:
@@ -74,8 +108,24 @@ def _spec(tool: Callable[..., Any] | dict[str, Any]) -> ToolSpec:
     return ToolSpec(tool.__name__, inspect.getdoc(tool) or "", parameters, tool)
 
 
-def tools_constraint(specs: tuple[ToolSpec, ...]) -> Constraint:
-    """A JSON schema admitting exactly one call: {"name": <tool>, "arguments": {...}}."""
+TOOL_CHOICES = ("required", "auto", "none")
+ANSWER_FIELD = "answer"  # the text answer tool_choice="auto" admits on the constrained path
+
+
+def chosen_specs(specs: tuple[ToolSpec, ...], tool_choice: str) -> tuple[ToolSpec, ...]:
+    """The tools a call may use under `tool_choice` (a tool's name narrows them to one)."""
+    if tool_choice in TOOL_CHOICES:
+        return specs
+    named = tuple(spec for spec in specs if spec.name == tool_choice)
+    if not named:
+        known = ", ".join(TOOL_CHOICES + tuple(spec.name for spec in specs))
+        raise ConstraintError(f"tool_choice={tool_choice!r} is none of {known}")
+    return named
+
+
+def tools_constraint(specs: tuple[ToolSpec, ...], tool_choice: str = "required") -> Constraint:
+    """A JSON schema admitting exactly one call: {"name": <tool>, "arguments": {...}}; under
+    tool_choice="auto" also a text answer, {"answer": "..."}."""
     calls = [
         {
             "type": "object",
@@ -83,20 +133,33 @@ def tools_constraint(specs: tuple[ToolSpec, ...]) -> Constraint:
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for spec in specs
+        for spec in chosen_specs(specs, tool_choice)
     ]
+    if tool_choice == "auto":
+        calls.append(
+            {
+                "type": "object",
+                "properties": {ANSWER_FIELD: {"type": "string"}},
+                "required": [ANSWER_FIELD],
+                "additionalProperties": False,
+            }
+        )
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
     return schema_constraint(schema)
 
 
-async def run_tool(specs: tuple[ToolSpec, ...], call: dict[str, Any]) -> ToolCall:
+async def run_tool(
+    specs: tuple[ToolSpec, ...], call: dict[str, Any], call_id: str | None = None
+) -> ToolCall:
     """Run the tool the model called; its exceptions propagate as the gen's failure."""
     spec = next(s for s in specs if s.name == call["name"])
     arguments = dict(call["arguments"])
+    if spec.call is not None:
+        return replace(await spec.call(arguments), id=call_id)
     if spec.function is None:
-        return ToolCall(spec.name, arguments)
+        return ToolCall(spec.name, arguments, id=call_id)
     if inspect.iscoroutinefunction(spec.function):
         result = await spec.function(**arguments)
     else:
         result = await asyncio.to_thread(spec.function, **arguments)
-    return ToolCall(spec.name, arguments, result)
+    return ToolCall(spec.name, arguments, result, call_id)

@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.prefix_lint",
             "lmprog.display",
             "lmprog.executor",
+            "lmprog.mcp",
         ),
     ),
     ("state", ("lmprog.state", "lmprog.scheduling", "lmprog.tracer")),
