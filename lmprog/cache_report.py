@@ -6,6 +6,9 @@ The numbers are the engine's own, as each backend reads them back per request: l
 radix cache. A count the engine did not report stays unknown (None), never 0: a missing count
 must not read as a 0% hit rate. A select's scoring requests report no counts (the backends
 score choices through several internal calls), so selects are listed but not counted.
+
+Each counted request also carries its cost where the backend's price is known (lmprog.budget
+prices it from the same counts); the report's total cost is unknown once one request's is.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from lmprog.pricing import Cost
 
 if TYPE_CHECKING:
     from lmprog.state import ProgramState
@@ -27,6 +32,7 @@ class CacheRow:
     requests: int
     prompt_tokens: int | None  # None: the engine did not report it (always None for a select)
     cached_tokens: int | None
+    cost: Cost | None = None  # None: no price known for the backend, or no counts reported
 
     @property
     def computed_tokens(self) -> int | None:
@@ -43,6 +49,7 @@ class CacheRow:
             self.requests + other.requests,
             _plus(self.prompt_tokens, other.prompt_tokens),
             _plus(self.cached_tokens, other.cached_tokens),
+            _total_cost((self.cost, other.cost)),
         )
 
     @property
@@ -55,7 +62,8 @@ class CacheRow:
         label = f"{self.primitive}({self.name!r})" if self.name else f"{self.primitive}()"
         if not self.counted:
             return f"{label}: {_count(self.requests, 'select')}, not counted"
-        return f"{label}: {_summary(self.requests, self.prompt_tokens, self.cached_tokens)}"
+        summary = _summary(self.requests, self.prompt_tokens, self.cached_tokens)
+        return f"{label}: {summary}" + ("" if self.cost is None else f", cost {self.cost}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class CacheReport:
     computed_tokens: int | None = field(init=False)
     hit_rate: float | None = field(init=False)
     uncounted_selects: int = field(init=False)
+    cost: Cost | None = field(init=False)  # of every counted request; None if one's is unknown
 
     def __post_init__(self) -> None:
         merged: dict[tuple[str, str | None], CacheRow] = {}
@@ -93,6 +102,7 @@ class CacheReport:
             "computed_tokens": _minus(prompt, cached),
             "hit_rate": _rate(cached, prompt),
             "uncounted_selects": sum(row.requests for row in selects),
+            "cost": _total_cost(row.cost for row in gens),
         }
         for name, value in computed.items():
             object.__setattr__(self, name, value)
@@ -110,6 +120,8 @@ class CacheReport:
         text = "prefix cache: " + _summary(self.requests, self.prompt_tokens, self.cached_tokens)
         if self.uncounted_selects:
             text += f"; {_count(self.uncounted_selects, 'select')} not counted"
+        if self.cost is not None:
+            text += f"; cost {self.cost}"
         return text
 
 
@@ -142,6 +154,16 @@ def _total(values: Iterable[int | None]) -> int | None:
         if value is None:
             return None
         total += value
+    return total
+
+
+def _total_cost(costs: Iterable[Cost | None]) -> Cost | None:
+    """The sum, or None when one is unknown or they are in different currencies."""
+    total: Cost | None = None
+    for cost in costs:
+        if cost is None or (total is not None and cost.currency != total.currency):
+            return None
+        total = cost if total is None else total + cost
     return total
 
 

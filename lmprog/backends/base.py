@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import abc
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import UnsupportedFeatureError
 from lmprog.ir import SamplingParams
+from lmprog.pricing import Price
 from lmprog.templates import ChatTemplate
 from lmprog.usage import TokenUsage, token_usage
 
@@ -30,10 +31,12 @@ class Capabilities:
     grammar_syntaxes: frozenset[str] = frozenset()  # of "gbnf", "lark"
     choices_methods: frozenset[str] = frozenset()  # ChoicesMethod.name values it can score
     chat_only: bool = False  # sees messages, not text: gens only inside assistant turns
+    continues_turns: bool = True  # a gen can follow text in an assistant turn (its prefill)
     images: bool = False
     streaming: bool = True
     logprobs: bool = False
     prefix_cache: bool = False
+    native_tools: bool = False  # takes `tools` and answers `tool_calls` (chat servers that can)
     enforcement: str = "enforced by server"  # how its constraints hold (meta "constraint_path")
 
 
@@ -55,6 +58,8 @@ class GenerateRequest:
     top_logprobs_num: int = 0
     messages: tuple[dict[str, Any], ...] = ()  # finished turns, OpenAI-style
     prefill: str = ""  # the open assistant turn's text so far (chat backends continue it)
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI function entries, for a native tool call
+    tool_choice: str | None = None  # "auto", "required" or "none", with `tools`
 
 
 @dataclass
@@ -68,9 +73,21 @@ class Generation:
     cached_tokens: int | None = None
     logprobs: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # a native call's, raw
 
 
-TextCallback = Callable[[str], None]
+# Whether a server parses tool calls itself: "yes"; "if configured" where that depends on how it
+# was started (a tool-call parser), which lmprog cannot see, so only gen(tool_path="native")
+# uses it; "no".
+ToolCallParsing = Literal["yes", "if configured", "no"]
+
+
+class TextCallback(Protocol):
+    """Where a streaming backend sends each new piece of text, with the logprob entries of
+    the tokens it adds (as `Generation.logprobs` has them) where the request asked for them
+    and the engine streams them."""
+
+    def __call__(self, piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None: ...
 
 # ----- the retry hook: a backend reports each request it sends again; whoever runs it (a
 # budget) may charge or refuse the retry. The transport never imports that policy.
@@ -98,6 +115,67 @@ def retries_charged_to(hook: Callable[[], None]) -> Iterator[None]:
         _on_retry.reset(token)
 
 
+# ----- routing: what a request tells a router in front of several engines. The executor sets
+# it around each request of a program; the transports (lmprog's JSON client, the OpenAI SDK)
+# send it as headers. A context variable rather than a request field, because the transport
+# sits under the backend's own request building and a prefix warm-up has no request.
+
+ROUTING_KEY_HEADERS = ("X-SMG-Routing-Key", "x-session-id")  # SGLang's router, vLLM's router
+SESSION_TOKEN_HEADER = "x-session-token"  # llm-d: the scheduler's token, sent back as it came
+
+
+@dataclass
+class Affinity:
+    """One program's routing identity: every request of the program (its turns, its forks'
+    warm-up and branches, its select scoring) carries `key`, so a router keeps the program on
+    the worker that holds its prefix. `session_token` is the last one a router answered with."""
+
+    key: str
+    session_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What one request tells a router: its program's affinity and its W3C trace context."""
+
+    affinity: Affinity
+    traceparent: str = ""
+
+    def headers(self) -> dict[str, str]:
+        headers = dict.fromkeys(ROUTING_KEY_HEADERS, self.affinity.key)
+        if self.affinity.session_token:
+            headers[SESSION_TOKEN_HEADER] = self.affinity.session_token
+        if self.traceparent:
+            headers["traceparent"] = self.traceparent
+        return headers
+
+    def observe(self, answered: Any) -> None:
+        """Keep the session token a router answered with (`answered`: the reply's headers)."""
+        token = answered.get(SESSION_TOKEN_HEADER)
+        if token:
+            self.affinity.session_token = token
+
+
+_routing: contextvars.ContextVar[Routing | None] = contextvars.ContextVar(
+    "lmprog_routing", default=None
+)
+
+
+def current_routing() -> Routing | None:
+    """The routing of the request being sent now, if a program sends it."""
+    return _routing.get()
+
+
+@contextmanager
+def routed(routing: Routing) -> Iterator[None]:
+    """Within the block, every request a backend sends carries `routing`."""
+    token = _routing.set(routing)
+    try:
+        yield
+    finally:
+        _routing.reset(token)
+
+
 class Backend(abc.ABC):
     """Base of every backend. Subclasses set `name` and `capabilities` and implement the
     async methods; `check` and the template lookup come for free."""
@@ -107,6 +185,8 @@ class Backend(abc.ABC):
     image_marker: str = ""  # text the engine expects where an image sits in the prompt
     chat_template_choice: str | ChatTemplate | None = None  # what chat_template= gave
     template_hint: str = ""  # how else a user gives this backend a template
+    # what its tokens cost (lp.Price); None: the price table's, for a hosted model (lmprog.budget)
+    price: Price | None = None
     _template: ChatTemplate | None = None
 
     @abc.abstractmethod
@@ -139,6 +219,15 @@ class Backend(abc.ABC):
                 )
             self._template = template
         return self._template
+
+    async def detected_capabilities(self) -> Capabilities:
+        """`capabilities` once the backend knows its server (lp.OpenAI asks on first use)."""
+        return self.capabilities
+
+    async def tool_call_parsing(self) -> ToolCallParsing:
+        """Whether a gen(tools=...) may send the tools and read back the server's parsed
+        `tool_calls` (lp.OpenAI asks its server first)."""
+        return "yes" if self.capabilities.native_tools else "no"
 
     async def warm(self, prompt: str) -> None:  # noqa: B027 - only shared caches need it
         """Put `prompt` in the engine's prefix cache before several requests that share it go
@@ -240,6 +329,12 @@ class WrappedBackend(Backend):
 
     async def warm(self, prompt: str) -> None:
         await self.inner.warm(prompt)
+
+    async def tool_call_parsing(self) -> ToolCallParsing:
+        return await self.inner.tool_call_parsing()
+
+    async def detected_capabilities(self) -> Capabilities:
+        return await self.inner.detected_capabilities()
 
     async def chat_template(self) -> ChatTemplate:
         return await self.inner.chat_template()

@@ -217,3 +217,14 @@ def test_tracing() -> None:
     generated = re.search(r"^generated: \[(.*)\]$", out, re.M)
     assert generated is not None  # programs are written as they finish, in any order
     assert sorted(generated.group(1).split(", ")) == ["'Cairo'", "'Madrid'", "'Tokyo'"]
+
+
+def test_budgeted_batch() -> None:
+    out = run_example("budgeted_batch.py")
+    done = re.findall(r"^\[done\] .*: \S", out, re.M)
+    stopped = re.findall(r"^\[stopped\] .*: (.*)$", out, re.M)
+    assert len(done) + len(stopped) == 6 and done and stopped
+    assert all(s.startswith("the budget of 0.00002 USD is spent (0.0000") for s in stopped)
+    cost = re.search(r"^\[cost\] ([\d.]+) USD spent of a 0.00002 USD budget$", out, re.M)
+    assert cost is not None and float(cost.group(1)) >= 0.00002  # the last request started under
+    assert f"{len(done)} requests" in out and f"cost {cost.group(1)} USD" in out

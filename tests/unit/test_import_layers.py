@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.loop",
             "lmprog.global_config",
             "lmprog.usage",
+            "lmprog.pricing",
         ),
     ),
     (
@@ -33,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.gbnf",
             "lmprog.choices",
             "lmprog.tools",
+            "lmprog.tool_messages",
             "lmprog.templates",
             "lmprog.ir",
             "lmprog.partial",
