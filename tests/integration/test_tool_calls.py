@@ -146,3 +146,17 @@ def test_the_server_caps_decide_the_path(
     assert isinstance(state["call"], lp.ToolCall), state.error()
     assert state.get_meta_info("call")["constraint_path"] != "native tool call"
     assert state.messages()[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_text_backend_renders_the_tool_turn_with_the_template(gemma: lp.LlamaCpp) -> None:
+    """lp.LlamaCpp sends text: the call is generated under the schema and the tool turn is laid
+    out by the chat template's own markers (lmprog's Gemma 3 template: a user turn)."""
+    state = weather_agent.run("What is the weather in Oslo?", backend=gemma)
+    call = state["call"]
+    assert isinstance(call, lp.ToolCall), state.error()
+    assert state.get_meta_info("call")["constraint_path"] != "native tool call"
+    assert f"<start_of_turn>user\n{call.result}<end_of_turn>\n<start_of_turn>model\n" in (
+        state.text()
+    )
+    assert [m["role"] for m in state.messages()] == ["user", "assistant", "tool", "assistant"]
+    assert state.messages()[2]["tool_call_id"] == call.id
