@@ -20,6 +20,7 @@ from lmprog.backends.base import Backend, Capabilities
 from lmprog.backends.llamacpp import LlamaCpp
 from lmprog.backends.openai import OpenAI
 from lmprog.backends.replicas import Replicas
+from lmprog.backends.router import SGLangRouter
 from lmprog.backends.sglang import RuntimeEndpoint, SGLang
 from lmprog.backends.vllm import VLLM
 from lmprog.budget import Budget
@@ -142,6 +143,7 @@ __all__ = [
     "Runtime",
     "RuntimeEndpoint",
     "SGLang",
+    "SGLangRouter",
     "Span",
     "TemplateError",
     "TemplateGuessWarning",

@@ -9,6 +9,7 @@ when the parent's log reaches the fork point, and run as tasks of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import deque
@@ -18,7 +19,16 @@ from typing import Any, Literal
 
 import httpx
 
-from lmprog.backends.base import Backend, GenerateRequest, Generation, ImagePart, TextCallback
+from lmprog.backends.base import (
+    Affinity,
+    Backend,
+    GenerateRequest,
+    Generation,
+    ImagePart,
+    Routing,
+    TextCallback,
+    routed,
+)
 from lmprog.cache_report import CacheRow
 from lmprog.choices import ChoiceLogprobs
 from lmprog.constraints import Constraint, choices_constraint
@@ -41,7 +51,7 @@ from lmprog.ir import (
 from lmprog.prefix_lint import Origin, RunProbe
 from lmprog.reasoning import reasoning_format
 from lmprog.tools import run_tool
-from lmprog.trace import Tracer
+from lmprog.trace import Span, Tracer, traceparent
 from lmprog.usage import token_usage
 from lmprog.validation import VALIDATABLE, generate_validated
 
@@ -107,6 +117,9 @@ class Execution:
         self.backend = backend
         self.tracer = tracer or Tracer(program, backend.name)
         self._span = self.tracer.root  # the primitive running now (parent of its requests)
+        # one key per program run, its forks included (they share the tracer): a router keeps
+        # all its requests on the worker that holds its prefix
+        self.affinity = Affinity(self.tracer.trace_id)
         self.program = program
         self.defaults = defaults.merged_over(DEFAULT_SAMPLING)
         self.stream = stream
@@ -330,7 +343,8 @@ class Execution:
                 # Branches go out together: on engines whose prefix cache all requests share
                 # (vLLM, SGLang), computing the shared prefix once first lets every branch
                 # reuse it instead of each computing it at the same time.
-                await self.backend.warm(self.text)
+                with self._routed(self._span):
+                    await self.backend.warm(self.text)
             node.snapshot.set_result(self._snapshot())
         else:
             raise TypeError(f"unknown primitive {node!r}")
@@ -445,6 +459,10 @@ class Execution:
             return ""
         return template.role_markers(self._role)[1].strip()
 
+    def _routed(self, span: Span) -> contextlib.AbstractContextManager[None]:
+        """Requests sent within: this program's routing key, and `span` as their trace parent."""
+        return routed(Routing(self.affinity, traceparent(span)))
+
     async def _traced(self, node: Gen | Select | Think) -> None:
         """Run a primitive that sends requests, inside a span of its own."""
         self._span = self.tracer.start("primitive", node.describe(), self.tracer.root)
@@ -481,7 +499,8 @@ class Execution:
             constrained=request.constraint.kind if request.constraint else None,
         )
         try:
-            generation = await self.backend.generate(request, on_text)
+            with self._routed(span):
+                generation = await self.backend.generate(request, on_text)
         except BaseException as exc:
             span.finish(exc)
             raise
@@ -642,13 +661,14 @@ class Execution:
         )  # fmt: skip
         row = CacheRow("select", node.name, 1, None, None)  # scoring: no token counts
         try:
-            if node.method.decodes:
-                scored, generation = await self._decode_choice(context, node)
-                row = CacheRow(
-                    "select", node.name, 1, generation.prompt_tokens, generation.cached_tokens
-                )
-            else:
-                scored = await self.backend.score_choices(context, node.choices, node.method)
+            with self._routed(span):
+                if node.method.decodes:
+                    scored, generation = await self._decode_choice(context, node)
+                    row = CacheRow(
+                        "select", node.name, 1, generation.prompt_tokens, generation.cached_tokens
+                    )
+                else:
+                    scored = await self.backend.score_choices(context, node.choices, node.method)
         except BaseException as exc:
             span.finish(exc)
             raise

@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,14 @@ from typing import IO, Any
 import httpx
 
 from lmprog import loop
+from lmprog.backends import router
 from lmprog.backends.base import Backend, WrappedBackend
 from lmprog.backends.detect import SERVERS
-from lmprog.backends.dialect import LaunchSpec
+from lmprog.backends.dialect import LaunchSpec, free_port
 from lmprog.errors import BackendUnavailableError, LmprogError
 from lmprog.templates import ChatTemplate
 
 GUARD = Path(__file__).with_name("engine_guard.py")  # stops the engine if this process dies
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Runtime(WrappedBackend):
@@ -52,6 +46,11 @@ class Runtime(WrappedBackend):
     (a built-in name such as "gemma3", or Jinja source). The server's output goes to
     `log_path` (kept), or to a temporary file removed at shutdown; errors quote its tail.
     It listens on 127.0.0.1:`port` (by default a free port).
+
+    "sglang-router" starts SGLang's router (`smg`) in front of running servers:
+    `Runtime("sglang-router", workers=[url, ...], policy="cache_aware")`, no model. `replicas=N`
+    starts N servers of `engine` and the router in front of them (its `policy=` as above); the
+    Runtime is the router's backend and stops all of them.
     """
 
     def __init__(
@@ -67,6 +66,7 @@ class Runtime(WrappedBackend):
         port: int | None = None,
         model_path: str | os.PathLike[str] | None = None,
         launch_timeout: float | None = None,
+        replicas: int = 1,
         **engine_args: Any,
     ) -> None:
         # SGLang's spelling, `Runtime(model_path=..., launch_timeout=...)`: an SGLang server
@@ -74,7 +74,7 @@ class Runtime(WrappedBackend):
             if model is not None:
                 raise TypeError("give the model once: model or model_path= (SGLang's keyword)")
             model, engine = model_path, engine or "sglang"
-        if engine is None or model is None:
+        if engine is None or (model is None and engine != router.ENGINE):
             raise TypeError("lp.Runtime needs an engine and a model: Runtime(engine, model)")
         if launch_timeout is not None:
             startup_timeout = launch_timeout
@@ -85,15 +85,33 @@ class Runtime(WrappedBackend):
                 f"lp.Runtime cannot launch {engine!r} yet; it launches {sorted(launchers)}"
             )
         self.engine = engine
-        self.model = Path(model)
-        self.port = port or _free_port()
+        self.model = Path(model) if model is not None else None
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"
-        launch = recipe(
-            LaunchSpec(
-                self.model, self.url, self.port, slots, ctx_per_slot, chat_template, engine_args
+        shown = f", {self.model.name!r}" if self.model else ""
+        self.name = f"lp.Runtime({engine!r}{shown}{f', replicas={replicas}' * (replicas > 1)})"
+        self._workers: list[Runtime] = []  # the servers behind the router, with replicas=N
+        try:
+            if replicas > 1:
+                policy = engine_args.pop("policy", "cache_aware")
+                for _ in range(replicas):
+                    worker = Runtime(
+                        engine, model, slots=slots, ctx_per_slot=ctx_per_slot,
+                        startup_timeout=startup_timeout, **engine_args,
+                    )  # fmt: skip
+                    self._workers.append(worker)
+                kind = next(d.kind for d in SERVERS if d.engine == engine)
+                recipe, engine_args = launchers[router.ENGINE], {
+                    "workers": [w.url for w in self._workers], "worker_kind": kind, "policy": policy
+                }  # fmt: skip
+            launch = recipe(
+                LaunchSpec(
+                    self.model, self.url, self.port, slots, ctx_per_slot, chat_template, engine_args
+                )
             )
-        )
+        except BaseException:
+            self._stop_workers()
+            raise
         self._own_log = log_path is None  # a temporary log is removed at shutdown
         self.log_path = Path(
             log_path or tempfile.mkstemp(prefix=f"lmprog-{engine}-", suffix=".log")[1]
@@ -112,8 +130,9 @@ class Runtime(WrappedBackend):
         except BaseException:
             self.shutdown()
             raise
+        name = self.name
         super().__init__(launch.backend)
-        self.name = f"lp.Runtime({engine!r}, {self.model.name!r})"  # not the inner backend's
+        self.name = name  # not the inner backend's
 
     @property
     def endpoint(self) -> Backend:
@@ -174,6 +193,11 @@ class Runtime(WrappedBackend):
         self._log.close()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        for worker in self._workers:
+            worker.shutdown()
 
     def __enter__(self) -> Runtime:
         return self

@@ -83,7 +83,10 @@ class Tracer:
     """The spans of one program run (its forks included)."""
 
     def __init__(self, program: str, backend: str) -> None:
-        self.trace_id = f"{os.getpid():x}-{next(_ids):x}-{time.time_ns():x}"
+        # W3C trace-context ids (32 and 16 hex digits), so a router's and an engine's spans
+        # join the program's through the `traceparent` its requests carry
+        pid, serial = os.getpid() & 0xFFFFFFFF, next(_ids) & 0xFFFFFFFF
+        self.trace_id = f"{time.time_ns():016x}{pid:08x}{serial:08x}"
         self.spans: list[Span] = []
         self.root = self.start("program", program, None, backend=redact(backend))
 
@@ -92,7 +95,7 @@ class Tracer:
             kind,
             name,
             self.trace_id,
-            f"{next(_ids):x}",
+            f"{next(_ids):016x}",
             parent.span_id if parent is not None else None,
             time.time(),
             attributes={k: v for k, v in attributes.items() if v is not None},
@@ -105,6 +108,11 @@ class Tracer:
         self.root.finish(error)
         for sink in list(_sinks):
             sink(self.spans)
+
+
+def traceparent(span: Span) -> str:
+    """The W3C `traceparent` header of a request sent within `span` (sampled)."""
+    return f"00-{span.trace_id}-{span.span_id}-01"
 
 
 def _describe(error: BaseException) -> str:

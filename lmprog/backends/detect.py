@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprog.backends import infinity, llamacpp, sglang, transformers_serve, vllm
+from lmprog.backends import infinity, llamacpp, router, sglang, transformers_serve, vllm
 from lmprog.backends.dialect import GENERIC, OPENAI_API, Dialect
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.errors import BackendResponseError, LmprogError
@@ -24,6 +24,7 @@ SERVERS: tuple[Dialect, ...] = (
     llamacpp.DIALECT,
     transformers_serve.DIALECT,
     infinity.DIALECT,
+    router.DIALECT,  # last: in front of SGLang workers, smg answers SGLang's probe
 )
 PROBE_TIMEOUT_S = 10.0
 

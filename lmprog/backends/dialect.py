@@ -10,6 +10,7 @@ declared by the server's own module; lp.OpenAI looks it up instead of branching 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,19 @@ class LaunchSpec:
     """What lp.Runtime asks of an engine: serve `model` at `url` with `slots` sequences of
     `ctx_per_slot` tokens; any other keyword becomes a command-line flag."""
 
-    model: Path
+    model: Path | None  # None for a router, which serves its workers' model
     url: str
     port: int
     slots: int
     ctx_per_slot: int
     chat_template: str | ChatTemplate | None
     engine_args: dict[str, Any]
+
+    def model_path(self) -> Path:
+        """The model, for an engine that serves one."""
+        if self.model is None:
+            raise TypeError("lp.Runtime needs an engine and a model: Runtime(engine, model)")
+        return self.model
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,13 @@ class Launch:
     command: list[str]
     env: dict[str, str]
     backend: Backend
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server lp.Runtime starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def engine_flags(engine_args: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from lmprog import loop as lmprog_loop
-from lmprog.backends.base import note_retry
+from lmprog.backends.base import current_routing, note_retry
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -131,8 +131,14 @@ class JsonClient:
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
         """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
         json.loads reads the bytes as they are, without aiohttp's charset detection."""
+        routing = current_routing()
         with self._transport_errors(path):
-            async with self._http().request(method, self.base_url + path, data=data) as response:
+            headers = routing.headers() if routing else None
+            async with self._http().request(
+                method, self.base_url + path, data=data, headers=headers
+            ) as response:
+                if routing is not None:
+                    routing.observe(response.headers)
                 return response.status, response.headers, await response.read()
 
     @contextlib.contextmanager
@@ -180,10 +186,15 @@ class JsonClient:
             attempt += 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        routing = current_routing()
         with self._transport_errors(path):
             async with self._http().post(
-                self.base_url + path, data=json.dumps(body).encode()
+                self.base_url + path,
+                data=json.dumps(body).encode(),
+                headers=routing.headers() if routing else None,
             ) as response:
+                if routing is not None:
+                    routing.observe(response.headers)
                 if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise self._status_error(response.status, text, path)

@@ -343,7 +343,7 @@ def llama_server_binary() -> Path:
 
 def launch(spec: LaunchSpec) -> Launch:
     """llama-server on a GGUF file, `slots` parallel slots, full prefix reuse on SWA models."""
-    model = spec.model
+    model = spec.model_path()
     if not model.is_file():
         raise FileNotFoundError(f"lp.Runtime: no model file at {model}")
     command = [

@@ -31,6 +31,7 @@ from lmprog.backends.base import (
     GenerateRequest,
     Generation,
     TextCallback,
+    current_routing,
 )
 from lmprog.backends.dialect import (
     CHOICE_FIELD,
@@ -385,7 +386,7 @@ class OpenAI(Backend):
                 raise BackendResponseError(f"{self.name} answered {str(answer)[:200]!r}")
             return answer
         with self._sdk_errors():
-            response = await self._endpoint(kind).create(**body)
+            response = await self._endpoint(kind).create(**body, **_routing_headers())
         return response.model_dump()  # type: ignore[no-any-return]
 
     async def _create_stream(
@@ -401,7 +402,9 @@ class OpenAI(Backend):
                 yield event
             return
         with self._sdk_errors():
-            stream = await self._endpoint(kind).create(**body, **options, stream=True)
+            stream = await self._endpoint(kind).create(
+                **body, **options, **_routing_headers(), stream=True
+            )
             async for chunk in stream:
                 yield chunk.model_dump()
 
@@ -586,6 +589,12 @@ def _message(message: dict[str, Any], request: GenerateRequest) -> dict[str, Any
         else:
             parts.append({"type": "text", "text": part["text"]})
     return {"role": message["role"], "content": parts}
+
+
+def _routing_headers() -> dict[str, Any]:
+    """The SDK's `extra_headers` for the program sending this request (a router reads them)."""
+    routing = current_routing()
+    return {"extra_headers": routing.headers()} if routing is not None else {}
 
 
 def _flat(body: dict[str, Any]) -> dict[str, Any]:

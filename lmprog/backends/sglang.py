@@ -301,7 +301,7 @@ def launch(spec: LaunchSpec) -> Launch:
         "-m",
         "sglang.launch_server",
         "--model-path",
-        str(spec.model),
+        str(spec.model_path()),
         "--host",
         "127.0.0.1",
         "--port",

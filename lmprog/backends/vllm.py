@@ -341,7 +341,7 @@ VLLM_STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True
 
 def launch(spec: LaunchSpec) -> Launch:
     """vLLM's OpenAI server on a model folder, from the venv backends/vllm/install.sh made."""
-    model = spec.model
+    model = spec.model_path()
     if not model.is_dir():
         raise FileNotFoundError(f"lp.Runtime: no model folder at {model}")
     engine_args = dict(spec.engine_args)
