@@ -117,6 +117,8 @@ class Gen(Node):
     return_logprob: bool = False
     top_logprobs_num: int = 0
     tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "required"  # "auto", "none", or a tool's name (lmprog.tools)
+    tool_path: str | None = None  # "native" or "constrained"; None: native where the server can
     validate_attempts: int = 0  # fallback="validate": attempts where the backend can't enforce
 
     def describe(self) -> str:
@@ -187,6 +189,16 @@ class Image(Node):
     data: bytes | None = field(repr=False)
     mime_type: str
     source: str
+
+
+@dataclass(frozen=True)
+class ToolResult(Node):
+    """`lp.tool_result(call)`: the result of tool call `call_id`, as the `tool` turn that
+    answers it."""
+
+    call_id: str
+    tool: str
+    content: str
 
 
 @dataclass(frozen=True)

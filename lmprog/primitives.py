@@ -27,10 +27,12 @@ from lmprog.ir import (
     Select,
     SeparateReasoning,
     Think,
+    ToolResult,
     as_node,
     flatten,
 )
-from lmprog.tools import ToolSpec, tool_specs, tools_constraint
+from lmprog.tool_messages import result_text
+from lmprog.tools import ToolCall, ToolSpec, chosen_specs, tool_specs, tools_constraint
 
 DEFAULT_THINK_BUDGET = 256  # tokens of reasoning when gen(think=True) sets no budget
 
@@ -58,6 +60,8 @@ def gen(
     return_text_in_logprobs: bool | None = None,
     ignore_eos: bool = False,
     tools: Sequence[Callable[..., Any] | dict[str, Any]] | None = None,
+    tool_choice: str | None = None,
+    tool_path: Literal["native", "constrained"] | None = None,
     frequency_penalty: float | None = None,
     presence_penalty: float | None = None,
     seed: int | None = None,
@@ -87,7 +91,13 @@ def gen(
     comma...), a str is a double-quoted string. `s[name]` is the value the text denotes (an
     int, a float, a bool, the string between the quotes); the text itself is in `s.text()`.
     `type=str` is lmprog's own spelling of free text. `return_text_in_logprobs` is accepted
-    for SGLang: lmprog's logprob entries always carry each token's text."""
+    for SGLang: lmprog's logprob entries always carry each token's text.
+
+    `tools=` lets the model call one of the tools (docs/tool-calls.md): `s[name]` is a
+    `ToolCall` holding the result, or the model's text where `tool_choice` ("required" by
+    default, a tool's name, "auto", "none") let it answer instead. `tool_path="native"` sends
+    the tools to a server that parses calls itself, `"constrained"` generates the call under a
+    JSON schema; by default native where the server can."""
     del return_text_in_logprobs  # every entry of output_token_logprobs has its "token" text
     if fallback not in (None, "validate"):
         raise ValueError(f'gen(fallback=...) must be "validate" or None, got {fallback!r}')
@@ -104,8 +114,16 @@ def gen(
         answer = select(name, choices, choices_method=method, temperature=temperature or 0.0)
     else:
         constraint, specs = _gen_constraint(
-            name, regex, json_schema, type, choices, grammar, dtype, tools
+            name, regex, json_schema, type, choices, grammar, dtype, tools, tool_choice
         )
+        if tool_path not in (None, "native", "constrained"):
+            raise ValueError(
+                f'gen(tool_path=...) must be "native", "constrained" or None, got {tool_path!r}'
+            )
+        if (tool_choice is not None or tool_path is not None) and not specs:
+            raise ValueError("gen(tool_choice=..., tool_path=...) need tools=")
+        if tool_path == "native" and n > 1:
+            raise ValueError("gen(tool_path='native') makes one call: use n=1")
         if constraint is not None and constraint.stops:
             stop = _with_stops(stop, constraint.stops)
         answer = Gen(
@@ -129,6 +147,8 @@ def gen(
             return_logprob=return_logprob,
             top_logprobs_num=top_logprobs_num,
             tools=specs,
+            tool_choice=tool_choice or "required",
+            tool_path=tool_path,
         )
     if fallback is not None and isinstance(answer, Gen) and answer.constraint is not None:
         answer = replace(answer, validate_attempts=max_attempts)
@@ -157,6 +177,7 @@ def _gen_constraint(
     grammar: str | None,
     dtype: Any,
     tools: Sequence[Callable[..., Any] | dict[str, Any]] | None,
+    tool_choice: str | None = None,
 ) -> tuple[Constraint | None, tuple[ToolSpec, ...]]:
     """The one constraint a gen's arguments ask for, and its tools; a ConstraintError names
     the gen."""
@@ -173,7 +194,9 @@ def _gen_constraint(
         if specs and constraint is not None:
             raise ConstraintError("tools= cannot be combined with another constraint")
         if specs:
-            constraint = tools_constraint(specs)
+            choice = tool_choice or "required"
+            chosen_specs(specs, choice)  # a tool_choice naming no tool fails here
+            constraint = None if choice == "none" else tools_constraint(specs, choice)
     except ConstraintError as exc:
         exc.primitive = f"gen({name!r})" if name else "gen()"
         raise
@@ -306,6 +329,17 @@ def _sniff(data: bytes) -> str:
     if data.startswith(b"GIF8"):
         return "image/gif"
     return "application/octet-stream"
+
+
+def tool_result(call: ToolCall, content: Any = None) -> Node:
+    """The `tool` turn answering `call` (a gen's ToolCall): its result, or `content` in its
+    place, as the chat template and the server expect it after the call (docs/tool-calls.md).
+    A string goes as it is; anything else as JSON."""
+    if not isinstance(call, ToolCall):
+        raise TypeError(f"lp.tool_result() takes the ToolCall a gen(tools=...) made, got {call!r}")
+    if call.id is None:
+        raise ValueError(f"lp.tool_result(): the call to {call.name!r} has no id to answer")
+    return ToolResult(call.id, call.name, result_text(call.result if content is None else content))
 
 
 def separate_reasoning(expr: Node | str | None = None, model_type: str | None = None) -> Node:
