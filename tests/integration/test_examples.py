@@ -123,6 +123,35 @@ def test_react_agent() -> None:
         assert f"answer: {expected} (after {len(actions)} steps)" in trace
 
 
+def test_mcp_agent() -> None:
+    """The tools come from a real MCP server the example starts over stdio; every call's
+    result is the server's own, and nothing reaches stderr (the server's logs included)."""
+    out, err = run_example_with_stderr("mcp_agent.py")
+    assert err == ""
+    assert "MCP tools: weather, to_fahrenheit" in out
+    sys.path.insert(0, str(EXAMPLES))
+    from mcp_weather_server import TODAY  # the server's own table
+
+    traces = out.split("Question: ")[1:]
+    assert len(traces) == 2
+    for trace, city in zip(traces, ["Oslo", "Cairo"], strict=True):
+        actions = re.findall(r"^  \d\. (\w+)\((.*)\) -> (.*)$", trace, re.M)
+        assert 1 <= len(actions) <= 4  # MAX_STEPS bounds the loop
+        for name, arguments, result in actions:
+            if name == "weather":
+                asked = re.search(r"'city': '(\w+)'", arguments).group(1)
+                temperature, sky = TODAY[asked]
+                expected = {"city": asked, "temperature_c": temperature, "sky": sky}
+                assert json.loads(result) == expected
+            elif name == "to_fahrenheit":
+                celsius = int(re.search(r"'celsius': (-?\d+)", arguments).group(1))
+                assert float(result) == round(celsius * 9 / 5 + 32, 1)
+            else:
+                assert name == "finish"
+        assert actions[0][:2] == ("weather", f"{{'city': '{city}'}}")
+        assert actions[-1][0] == "finish" and "Answer: " in trace
+
+
 def test_tree_of_thought() -> None:
     out = run_example("tree_of_thought.py")
     levels = out.split("chosen plan:")[0].split("candidates (score")[1:]
