@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import lmprog as lp
-from lmprog.backends.dialect import Dialect
 from lmprog.backends.base import ToolCallParsing
+from lmprog.backends.dialect import Dialect
 from lmprog.backends.llamacpp import DIALECT as LLAMACPP
 from lmprog.backends.vllm import DIALECT as VLLM
 from lmprog.testing import ScriptedBackend
