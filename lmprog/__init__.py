@@ -57,6 +57,7 @@ from lmprog.hosted import Anthropic, LiteLLM, VertexAI
 from lmprog.launch import Runtime
 from lmprog.mcp import MCPTools, mcp_tools
 from lmprog.prefix_lint import PrefixOrderWarning
+from lmprog.pricing import Cost, Price
 from lmprog.primitives import (
     assistant,
     assistant_begin,
@@ -70,6 +71,7 @@ from lmprog.primitives import (
     system,
     system_begin,
     system_end,
+    tool_result,
     user,
     user_begin,
     user_end,
@@ -121,6 +123,7 @@ __all__ = [
     "Capabilities",
     "ChatTemplate",
     "ConstraintError",
+    "Cost",
     "Engine",
     "ForkGroup",
     "LiteLLM",
@@ -136,6 +139,7 @@ __all__ = [
     "OpenTelemetryTraces",
     "PartialStream",
     "PrefixOrderWarning",
+    "Price",
     "Program",
     "ProgramError",
     "ProgramState",
@@ -178,6 +182,7 @@ __all__ = [
     "system_begin",
     "system_end",
     "token_length_normalized",
+    "tool_result",
     "trace_to",
     "unconditional_likelihood_normalized",
     "user",

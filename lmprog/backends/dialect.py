@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lmprog.backends.base import Capabilities, GenerateRequest
+from lmprog.backends.base import Capabilities, GenerateRequest, ToolCallParsing
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.ir import SamplingParams
@@ -128,6 +128,9 @@ class Dialect:
     logprobs: bool = True  # returns the logprobs it is asked for
     trims_stop: bool = True  # leaves a stop string out of its text (some leave it in)
     generates: bool = True  # serves completions or chat (an embeddings server does not)
+    # may take `tools` on chat requests and answer with parsed `tool_calls` (gen(tools=...)'s
+    # native path); tool_calls() says whether it does now
+    native_tools: bool = False
 
     def capabilities(self, chat: bool) -> Capabilities:
         scoring = {"token_length_normalized", "greedy_token_selection"}
@@ -142,6 +145,8 @@ class Dialect:
             streaming=self.generates,
             logprobs=self.logprobs,
             prefix_cache=self.prefix_cache,
+            native_tools=self.native_tools and chat,
+            continues_turns=self.continue_fields is not None or not chat,
         )
 
     def sampling_fields(self, sampling: SamplingParams) -> dict[str, Any]:
@@ -156,6 +161,10 @@ class Dialect:
     async def chat_template(self, server: Server) -> ChatTemplate | None:
         """The model's own template, where the server tells it; None where it does not."""
         return None
+
+    async def tool_calls(self, server: Server) -> ToolCallParsing:
+        """Whether this server parses tool calls (by default what `native_tools` says)."""
+        return "yes" if self.native_tools else "no"
 
     async def score_choices(
         self,
@@ -212,6 +221,7 @@ OPENAI_API = Dialect(
     label="the OpenAI API",
     chat_constraints=frozenset({"json_schema", "choices"}),
     max_tokens_key="max_completion_tokens",
+    native_tools=True,
 )
 GENERIC = Dialect(
     kind="generic",

@@ -21,6 +21,7 @@ from lmprog.backends.base import (
     GenerateRequest,
     Generation,
     TextCallback,
+    ToolCallParsing,
 )
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
@@ -146,17 +147,22 @@ class LlamaCpp(Backend):
             return await self._http.post("/completion", body)
         pieces: list[str] = []
         tokens: list[int] = []
+        probabilities: list[dict[str, Any]] = []
         final: dict[str, Any] = {}
         async for event in self._http.stream_events("/completion", {**body, "stream": True}):
             piece = event.get("content", "")
-            if piece:
+            added = event.get("completion_probabilities") or []
+            probabilities += added
+            if piece or added:
                 pieces.append(piece)
-                on_text(piece)
+                on_text(piece, added)
             tokens += event.get("tokens") or ()
             if event.get("stop"):
                 final = event
         final["content"] = "".join(pieces)
         final["tokens"] = tokens
+        if probabilities:
+            final["completion_probabilities"] = probabilities
         return final
 
     async def _body(self, request: GenerateRequest) -> dict[str, Any]:
@@ -372,6 +378,12 @@ class _LlamaCppDialect(Dialect):
         source = (await server.get("/props")).get("chat_template")
         return ChatTemplate(source, name="server") if source else None
 
+    async def tool_calls(self, server: Server) -> ToolCallParsing:
+        """Only where its chat template renders tools: with any other it ignores `tools`
+        and answers in text (seen on a 2026 build), so the constrained path is taken."""
+        caps = (await server.get("/props")).get("chat_template_caps") or {}
+        return "yes" if caps.get("supports_tools") and caps.get("supports_tool_calls") else "no"
+
 
 def _is_llama_server(props: Any) -> bool:
     return isinstance(props, dict) and "total_slots" in props
@@ -392,6 +404,7 @@ DIALECT = _LlamaCppDialect(
     probe=Probe("/props", _is_llama_server),
     env_var="LMPROG_LLAMACPP_URL",
     native=LlamaCpp,
+    native_tools=True,  # where its template renders tools (tool_calls) and --jinja is on
     engine="llama.cpp",
     launch=launch,
 )

@@ -19,7 +19,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 import httpx2
@@ -28,9 +28,11 @@ import pydantic_core
 
 from lmprog.backends.base import (
     Backend,
+    Capabilities,
     GenerateRequest,
     Generation,
     TextCallback,
+    ToolCallParsing,
     current_routing,
 )
 from lmprog.backends.dialect import (
@@ -119,6 +121,7 @@ class OpenAI(Backend):
         self._api_client: JsonClient | None = None
         self._root_client: JsonClient | None = None
         self._detect_lock: asyncio.Lock | None = None
+        self._tool_calls: ToolCallParsing | None = None
 
     def __repr__(self) -> str:
         return f"<lmprog {self.name}>"  # never the key
@@ -153,6 +156,18 @@ class OpenAI(Backend):
                     self.capabilities = dialect.capabilities(self.is_chat_model)
                     self._dialect = dialect
         return self._dialect
+
+    async def detected_capabilities(self) -> Capabilities:
+        await self.dialect()
+        return self.capabilities
+
+    async def tool_call_parsing(self) -> ToolCallParsing:
+        """Chat requests to a server that parses tool calls (its dialect says, asked once)."""
+        if not self.is_chat_model:
+            return "no"
+        if self._tool_calls is None:
+            self._tool_calls = await (await self.dialect()).tool_calls(self)
+        return self._tool_calls
 
     async def server(self) -> str:
         """Which kind of server this is ("vllm", "llamacpp", "generic", ...)."""
@@ -220,6 +235,17 @@ class OpenAI(Backend):
             body = self._completion_body(request, dialect)
             return await self._send("completion", body, on_text, cut_at=tuple(cut_at))
         body = self._chat_body(request, dialect)
+        if request.tools:
+            if await self.tool_call_parsing() == "no":
+                raise UnsupportedFeatureError(
+                    self.name,
+                    f"parse tool calls ({dialect.label} here does not)",
+                    'use gen(..., tool_path="constrained")',
+                )
+            generation = await self._send("chat", body, None)  # a call is not streamed
+            if on_text is not None and generation.text:
+                on_text(generation.text)
+            return generation
         if "response_format" in body and request.constraint.kind == "choices":  # type: ignore[union-attr]
             # The choice comes wrapped in a JSON object: unwrap it, then show it.
             generation = await self._send("chat", body, None)
@@ -303,6 +329,9 @@ class OpenAI(Backend):
             body["logprobs"] = True
             if request.top_logprobs_num:
                 body["top_logprobs"] = request.top_logprobs_num
+        if request.tools:
+            body.update(tools=list(request.tools), tool_choice=request.tool_choice)
+            body["parallel_tool_calls"] = False  # a gen makes one call
         if request.constraint is not None:
             fields = dialect.constraint_fields(request.constraint, chat=True)
             body.update({k: v for k, v in fields.items() if k == "response_format"})
@@ -339,6 +368,7 @@ class OpenAI(Backend):
 
     async def _stream(self, kind: str, body: dict[str, Any], on_text: TextCallback) -> Generation:
         pieces: list[str] = []
+        entries: list[dict[str, Any]] = []
         finish: str | None = None
         usage: Any = None
         async for chunk in self._create_stream(kind, body):
@@ -346,16 +376,18 @@ class OpenAI(Backend):
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 piece = delta.get("content") if kind == "chat" else choice.get("text")
-                if piece:
-                    pieces.append(piece)
-                    on_text(piece)
+                added = _logprobs(choice.get("logprobs")) or []
+                entries += added
+                if piece or added:
+                    pieces.append(piece or "")
+                    on_text(piece or "", added)
                 finish = choice.get("finish_reason") or finish
         if finish is None:
             raise BackendResponseError(
                 f"{self.name}'s stream ended before the answer did (no finish_reason); "
                 f"got {''.join(pieces)[:80]!r}"
             )
-        return Generation("".join(pieces), finish, *_usage(usage))
+        return Generation("".join(pieces), finish, *_usage(usage), logprobs=entries or None)
 
     # ----- transport: lmprog's JSON client for self-hosted engines, else the SDK -----------
 
@@ -504,6 +536,7 @@ _BEFORE_DETECTION = Dialect(
     chat_constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),
     grammar_syntaxes=frozenset({"gbnf", "lark"}),
     unconditional_scores=True,
+    native_tools=True,
 )
 
 
@@ -525,12 +558,12 @@ class _Skip:
         self._left = len(echoed)
         self._on_text = on_text
 
-    def __call__(self, piece: str) -> None:
+    def __call__(self, piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
         if self._left:
             dropped = min(self._left, len(piece))
             piece, self._left = piece[dropped:], self._left - dropped
-        if piece:
-            self._on_text(piece)
+        if piece or logprobs:
+            self._on_text(piece, logprobs)
 
 
 class _StopCut:
@@ -544,28 +577,27 @@ class _StopCut:
         self._pending = ""
         self._stopped = False
 
-    def __call__(self, piece: str) -> None:
+    def __call__(self, piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
         if self._stopped:
             return
         self._pending += piece
         at = _first_stop(self._pending, self._stops)
         if at < len(self._pending):
             self._stopped = True
-            self._emit(self._pending[:at])
+            self._emit(self._pending[:at], logprobs)
             return
-        ready = len(self._pending) - self._hold
-        if ready > 0:
-            self._emit(self._pending[:ready])
-            self._pending = self._pending[ready:]
+        ready = max(len(self._pending) - self._hold, 0)
+        self._emit(self._pending[:ready], logprobs)
+        self._pending = self._pending[ready:]
 
     def flush(self) -> None:
         if not self._stopped:
             self._emit(self._pending)
         self._pending = ""
 
-    def _emit(self, text: str) -> None:
-        if text:
-            self._on_text(text)
+    def _emit(self, text: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
+        if text or logprobs:
+            self._on_text(text, logprobs)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int:
@@ -576,8 +608,11 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int:
 
 def _message(message: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
     content = message["content"]
-    if isinstance(content, str):
-        return {"role": message["role"], "content": content}
+    if content is None or isinstance(content, str):  # None: an assistant turn that only calls
+        calls: dict[str, Any] = {
+            k: message[k] for k in ("tool_calls", "tool_call_id") if k in message
+        }
+        return {"role": message["role"], "content": content, **calls}
     parts = []
     for part in content:
         if part["type"] == "image":
@@ -621,6 +656,7 @@ def _generation(response: dict[str, Any], kind: str) -> Generation:
             choice.get("finish_reason"),
             *_usage(response.get("usage")),
             logprobs=_logprobs(choice.get("logprobs")),
+            tool_calls=(choice["message"].get("tool_calls") or []) if kind == "chat" else [],
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BackendResponseError(
@@ -635,10 +671,40 @@ def _logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
         return None
     content = logprobs.get("content")
     if content:
-        return [{"token": item["token"], "logprob": item["logprob"]} for item in content]
+        return [
+            {
+                "token": item["token"],
+                "logprob": item["logprob"],
+                **({"id": item["id"]} if "id" in item else {}),  # llama-server adds ids
+                **(
+                    {"top_logprobs": [_entry(top) for top in item["top_logprobs"]]}
+                    if item.get("top_logprobs")
+                    else {}
+                ),
+            }
+            for item in content
+        ]
     tokens = logprobs.get("tokens") or []
     values = logprobs.get("token_logprobs") or []
-    return [{"token": t, "logprob": v} for t, v in zip(tokens, values, strict=False)]
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [
+        {
+            "token": token,
+            "logprob": value,
+            **({"top_logprobs": _ranked(top)} if top else {}),
+        }
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    ]
+
+
+def _entry(item: dict[str, Any]) -> dict[str, Any]:
+    return {"token": item["token"], "logprob": item["logprob"], "id": item.get("id")}
+
+
+def _ranked(top: dict[str, float]) -> list[dict[str, Any]]:
+    """The legacy completions' `{token: logprob}` alternatives, most likely first."""
+    ranked = sorted(top.items(), key=lambda pair: -pair[1])
+    return [{"token": token, "logprob": value} for token, value in ranked]
 
 
 def _sdk_error(backend: Backend, exc: openai.OpenAIError) -> BackendError:

@@ -19,7 +19,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmprog.backends.base import Backend, Capabilities, GenerateRequest, Generation, TextCallback
+from lmprog.backends.base import (
+    Backend,
+    Capabilities,
+    GenerateRequest,
+    Generation,
+    TextCallback,
+    ToolCallParsing,
+)
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
     SAMPLING_EXTRAS,
@@ -27,6 +34,7 @@ from lmprog.backends.dialect import (
     Launch,
     LaunchSpec,
     Probe,
+    Server,
     engine_flags,
 )
 from lmprog.backends.http import JsonClient, Secret
@@ -127,13 +135,18 @@ class SGLang(Backend):
             return _generation(await self._http.post("/generate", body))
         body["stream"] = True
         shown = ""
+        entries: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
         async for event in self._http.stream_events("/generate", body):
             text = str(event.get("text", ""))
             if not text.startswith(shown):
                 raise BackendResponseError(f"{self.name} streamed text that went back on itself")
-            if len(text) > len(shown):
-                on_text(text[len(shown) :])
+            meta = event.get("meta_info") or {}
+            so_far = meta.get("output_token_logprobs") or []  # the whole list so far, each time
+            added = _entries(so_far[len(entries) :], None) if len(so_far) > len(entries) else []
+            entries += added
+            if len(text) > len(shown) or added:
+                on_text(text[len(shown) :], added)
                 shown = text
             last = event
         if not last:
@@ -163,7 +176,11 @@ class SGLang(Backend):
         if sampling.seed is not None:
             body["sampling_params"]["sampling_seed"] = sampling.seed
         if request.return_logprob or request.top_logprobs_num:
-            body.update(return_logprob=True, top_logprobs_num=request.top_logprobs_num)
+            body.update(
+                return_logprob=True,
+                top_logprobs_num=request.top_logprobs_num,
+                return_text_in_logprobs=True,
+            )
         if request.images:
             body["image_data"] = [_data_url(i.data, i.mime_type) for i in request.images]
         return body
@@ -274,7 +291,7 @@ def _generation(data: Any) -> Generation:
         prompt_tokens=meta.get("prompt_tokens"),
         completion_tokens=meta.get("completion_tokens"),
         cached_tokens=meta.get("cached_tokens"),
-        logprobs=[{"logprob": e[0], "token": e[2]} for e in logprobs] if logprobs else None,
+        logprobs=_entries(logprobs, meta.get("output_top_logprobs")) if logprobs else None,
     )
 
 
@@ -283,6 +300,10 @@ def _data_url(data: bytes, mime_type: str) -> str:
 
 
 class _SGLangDialect(Dialect):
+    async def tool_calls(self, server: Server) -> ToolCallParsing:
+        """Only when started with --tool-call-parser, which its API does not tell."""
+        return "if configured"
+
     def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
         return constraint_params(constraint)
 
@@ -329,6 +350,18 @@ DIALECT = _SGLangDialect(
     probe=Probe("/get_model_info", _is_sglang),
     env_var="LMPROG_SGLANG_URL",
     native=SGLang,
+    native_tools=True,  # started with --tool-call-parser (see _SGLangDialect.tool_calls)
     engine="sglang",
     launch=launch,
 )
+
+
+def _entries(logprobs: list[list[Any]], tops: list[list[list[Any]]] | None) -> list[dict[str, Any]]:
+    """SGLang's `[logprob, id, text]` lists as the entries backends pass on (lmprog.logprobs)."""
+    entries = []
+    for i, (logprob, token_id, text, *_) in enumerate(logprobs):
+        entry: dict[str, Any] = {"logprob": logprob, "id": token_id, "token": text}
+        if tops and i < len(tops) and tops[i]:
+            entry["top_logprobs"] = [{"logprob": t[0], "id": t[1], "token": t[2]} for t in tops[i]]
+        entries.append(entry)
+    return entries
