@@ -19,6 +19,7 @@ from lmprog import loop
 from lmprog.backends.base import GenerateRequest, Generation
 from lmprog.constraints import make_constraint
 from lmprog.ir import SamplingParams
+from lmprog.logprobs import logprob_meta
 
 if TYPE_CHECKING:
     from lmprog.backends.local import Local
@@ -141,8 +142,5 @@ def _output(generation: Generation, return_logprob: bool) -> dict[str, Any]:
         "finish_reason": {"type": generation.finish_reason},
     }
     if return_logprob:
-        meta["output_token_logprobs"] = [
-            (entry.get("logprob"), entry.get("id"), entry.get("token"))
-            for entry in generation.logprobs or []
-        ]
+        meta.update(logprob_meta(generation.logprobs or ()))
     return {"text": generation.text, "meta_info": meta}

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from lmprog.backends.base import (
     TextCallback,
     routed,
 )
+from lmprog.budget import request_cost
 from lmprog.cache_report import CacheRow
 from lmprog.choices import ChoiceLogprobs
 from lmprog.constraints import Constraint, choices_constraint
@@ -44,14 +45,25 @@ from lmprog.ir import (
     SeparateReasoning,
     Text,
     Think,
+    ToolResult,
     VarScopeBegin,
     VarScopeEnd,
     flatten,
 )
+from lmprog.logprobs import StreamedLogprobs, logprob_meta
 from lmprog.prefix_lint import Origin, RunProbe
 from lmprog.reasoning import reasoning_format
-from lmprog.tools import run_tool
-from lmprog.trace import Span, Tracer, traceparent
+from lmprog.speculation import Speculation
+from lmprog.tool_messages import (
+    call_text,
+    native_request,
+    new_call_id,
+    openai_tool_call,
+    parse_native_call,
+    tool_message,
+)
+from lmprog.tools import ANSWER_FIELD, ToolCall, run_tool
+from lmprog.trace import Span, Tracer, cost_attributes, traceparent
 from lmprog.usage import token_usage
 from lmprog.validation import VALIDATABLE, generate_validated
 
@@ -81,6 +93,7 @@ class _Snapshot:
     scopes: dict[str, int]
     loose_text: bool
     marks: list[tuple[int, Origin]]
+    turn_calls: list[tuple[int, int, ToolCall]]
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,7 @@ class Execution:
         fork_of: asyncio.Future[_Snapshot] | None = None,
         probe: RunProbe | None = None,
         tracer: Tracer | None = None,
+        spec_tokens: int = 0,
     ) -> None:
         self.backend = backend
         self.tracer = tracer or Tracer(program, backend.name)
@@ -138,6 +152,8 @@ class Execution:
         self._role: str | None = None
         self._role_start = 0
         self._role_parts: list[dict[str, Any]] = []
+        # the open assistant turn's tool calls: where each one's text starts and ends
+        self._turn_calls: list[tuple[int, int, ToolCall]] = []
         self._images: list[ImagePart] = []
         self._scopes: dict[str, int] = {}
         self._text_len = 0
@@ -150,6 +166,8 @@ class Execution:
         self._idle.set()
         self._changed = asyncio.Event()
         self._fork_of = fork_of
+        self.spec_tokens = spec_tokens
+        self._speculation = Speculation(spec_tokens) if spec_tokens else None
         self.finished = False
         if fork_of is not None:
             self._ensure_worker()
@@ -181,6 +199,15 @@ class Execution:
 
     def _check(self, node: Node) -> None:
         if isinstance(node, Gen):
+            native = self.backend.capabilities.native_tools
+            if node.tools and node.tool_path == "native" and not native:
+                raise UnsupportedFeatureError(
+                    self.backend.name,
+                    "send tools to a server that parses tool calls",
+                    'use gen(..., tool_path="constrained"), or a chat model on such a server',
+                )
+            if node.tools and node.tool_path != "constrained" and native:
+                return  # the constraint is checked if the server turns out not to parse calls
             if not self._validates(node):
                 self.backend.check_constraint(node.constraint)
         elif isinstance(node, Select):
@@ -316,6 +343,11 @@ class Execution:
                 future.set_result(self.variables.get(name))
 
     async def _run(self, node: Node) -> None:
+        if self._speculation is not None and not isinstance(node, (Gen, _At, VarScopeBegin)):
+            if isinstance(node, Text):
+                self._speculation.consume(node.text)
+            elif not isinstance(node, VarScopeEnd):
+                self._speculation.discard()
         if isinstance(node, (Gen, Select, Think)):
             await self._traced(node)
         elif isinstance(node, Text):
@@ -328,6 +360,8 @@ class Execution:
             await self._image(node)
         elif isinstance(node, SeparateReasoning):
             self._separate_reasoning(node)
+        elif isinstance(node, ToolResult):
+            await self._tool_result(node)
         elif isinstance(node, VarScopeBegin):
             self._scopes[node.name] = self._text_len
         elif isinstance(node, VarScopeEnd):
@@ -376,6 +410,7 @@ class Execution:
         begin, _ = template.role_markers(node.role)
         self._append(begin, "role")
         self._role, self._role_start, self._role_parts = node.role, self._text_len, []
+        self._turn_calls = []
 
     async def _role_end(self, node: RoleEnd) -> None:
         if self._role != node.role:
@@ -383,13 +418,41 @@ class Execution:
         template = await self.backend.chat_template()
         _, end = template.role_markers(node.role)
         tail = self.text[self._role_start :]
-        if self._role_parts:
+        if self._turn_calls:
+            self.messages.append(self._calling_message(tail))
+        elif self._role_parts:
             text_part = [{"type": "text", "text": tail}] if tail else []
             self.messages.append({"role": node.role, "content": [*self._role_parts, *text_part]})
         else:
             self.messages.append({"role": node.role, "content": tail})
         self._append(end, "role")
         self._role = None
+
+    def _calling_message(self, tail: str) -> dict[str, Any]:
+        """The assistant message of a turn that called tools: its text without the calls'
+        JSON (None if nothing else), and the calls as `tool_calls`."""
+        kept, at = [], self._role_start
+        for start, end, _ in self._turn_calls:
+            kept.append(self.text[at:start])
+            at = end
+        kept.append(self.text[at : self._role_start + len(tail)])
+        content = "".join(kept)
+        calls = [openai_tool_call(call) for _, _, call in self._turn_calls]
+        self._turn_calls = []
+        return {"role": "assistant", "content": content or None, "tool_calls": calls}
+
+    async def _tool_result(self, node: ToolResult) -> None:
+        """The `tool` turn answering a call, laid out by the chat template's tool role."""
+        if self._role is not None:
+            raise LmprogError(f"lp.tool_result() must follow the {self._role} turn, not sit in it")
+        template = await self.backend.chat_template()
+        begin, end = template.role_markers("tool")
+        self._append(begin, "role")
+        self._role = "tool"
+        self._append(node.content, "text")
+        self._append(end, "role")
+        self._role = None
+        self.messages.append(tool_message(node.call_id, node.tool, node.content))
 
     async def _image(self, node: Image) -> None:
         if self._role != "user":
@@ -505,15 +568,17 @@ class Execution:
             span.finish(exc)
             raise
         token_usage(self.backend).add(generation.prompt_tokens, generation.completion_tokens)
+        cost = request_cost(self.backend, generation)
         span.text = generation.text
         span.finish(
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             cached_tokens=generation.cached_tokens,
             finish_reason=generation.finish_reason,
+            **cost_attributes(cost),
         )
         self.requests.append(
-            CacheRow("gen", label, 1, generation.prompt_tokens, generation.cached_tokens)
+            CacheRow("gen", label, 1, generation.prompt_tokens, generation.cached_tokens, cost)
         )
         return generation
 
@@ -530,6 +595,9 @@ class Execution:
         return False
 
     async def _gen(self, node: Gen) -> None:
+        if node.tools and await self._takes_native_path(node):
+            await self._native_tool_gen(node)
+            return
         sampling = node.sampling.merged_over(self.defaults)
         validates = self._validates(node)
         # dtype=str: the quotes are written here and the engine generates what is between
@@ -541,6 +609,12 @@ class Execution:
             sampling = SamplingParams(**{**sampling.__dict__, "stop": tuple(dict.fromkeys(stops))})
         else:
             quote = ""
+        if self._speculation is not None:
+            if self._speculation.eligible(node, sampling) and not validates:
+                if await self._speculative_gen(node, sampling):
+                    return
+            else:
+                self._speculation.discard()
         request = self._request(
             sampling,
             constraint=node.constraint,
@@ -549,6 +623,7 @@ class Execution:
         )
         self._observe(node.describe(), request.prompt)
         started = time.perf_counter()
+        gen_start = self._text_len
         path = self.backend.capabilities.enforcement if node.constraint else None
         if validates:
             assert node.constraint is not None
@@ -579,12 +654,19 @@ class Execution:
             generation = generations[0]
         else:
             streamed: list[str] = []
+            so_far = StreamedLogprobs()
 
-            def on_text(piece: str) -> None:
+            def on_text(piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
                 streamed.append(piece)
-                # SGLang's per-chunk meta_info: the tokens generated so far (one streamed
-                # piece is one token on engines that stream token by token)
-                meta = {"completion_tokens": len(streamed), "finish_reason": None}
+                so_far.add(logprobs)
+                # SGLang's per-chunk meta_info: the tokens generated so far (from their
+                # logprobs, else one per piece: engines stream token by token)
+                meta = {
+                    "completion_tokens": len(so_far.tokens) or len(streamed),
+                    "finish_reason": None,
+                }
+                if node.return_logprob or node.top_logprobs_num:
+                    meta.update(so_far.meta())
                 self._append(piece, "gen", node.name, meta)
 
             generation = await self._send(request, node.name, on_text if self.stream else None)
@@ -594,8 +676,12 @@ class Execution:
             else:
                 self._append(generation.text, "gen", node.name)
             self._append(_closing(generation, quote), "gen", node.name)
-        if node.tools and node.n == 1:
-            value = await run_tool(node.tools, value)
+        if node.tools and node.n == 1 and node.constraint is not None:
+            if ANSWER_FIELD in value:  # tool_choice="auto": the model answered in text
+                value = value[ANSWER_FIELD]
+            else:
+                value = await run_tool(node.tools, value, new_call_id())
+                self._record_call(gen_start, value)
         self._span.attributes.update(
             {"variable": node.name, "constraint": _described(node), "constraint_path": path}
         )
@@ -606,6 +692,101 @@ class Execution:
                 meta.update(constraint=node.constraint.description, constraint_path=path)
             self.meta[node.name] = meta
             self._attach_reasoning(node.name)
+
+    async def _speculative_gen(self, node: Gen, sampling: SamplingParams) -> bool:
+        """Serve `node` from text the model wrote ahead (one request for several gens, see
+        lmprog/speculation.py); False when it needs a request of its own after all."""
+        speculation = self._speculation
+        assert speculation is not None
+        started = time.perf_counter()
+        served = speculation.serve(sampling)
+        generation: Generation | None = None
+        if served is None:
+            request = self._request(speculation.request_sampling(sampling, ()))
+            # a chat model that cannot continue a turn's text writes the turn from its start;
+            # the text the program put there must then be what the model wrote first
+            capabilities = await self.backend.detected_capabilities()
+            prefill = "" if capabilities.continues_turns else request.prefill
+            if prefill:
+                request = dataclasses.replace(request, prefill="")
+            self._observe(node.describe(), request.prompt)
+            generation = await self._send(request, node.name)
+            speculation.begin(generation.text, sampling, generation.finish_reason)
+            speculation.consume(prefill)
+            served = speculation.serve(sampling)
+            if served is None:
+                return False
+        self._append(served.value, "gen", node.name)
+        if node.name is not None:
+            self.variables[node.name] = served.value
+            self.meta[node.name] = {
+                **(_meta(generation, 0.0) if generation else {}),
+                "finish_reason": "stop",
+                "completion_tokens": None if generation is None else generation.completion_tokens,
+                "speculative": "requested" if generation else "served from the text ahead",
+                "latency_s": time.perf_counter() - started,
+            }
+        self._span.attributes.update({"variable": node.name, "speculative": generation is None})
+        return True
+
+    async def _takes_native_path(self, node: Gen) -> bool:
+        """Whether a tool gen sends the tools to the server (which parses the call) rather
+        than generating the call under a schema: where the server can, unless told."""
+        if node.tool_path == "constrained" or node.n > 1:
+            return False
+        parsing = await self.backend.tool_call_parsing()
+        if node.tool_path == "native":
+            if parsing == "no":
+                raise UnsupportedFeatureError(
+                    self.backend.name,
+                    "parse tool calls (the server does not)",
+                    'use gen(..., tool_path="constrained")',
+                )
+            return True
+        if parsing != "yes" and not self._validates(node):
+            self.backend.check_constraint(node.constraint)  # deferred by _check
+        return parsing == "yes"
+
+    async def _native_tool_gen(self, node: Gen) -> None:
+        """The server gets the tools and answers with a parsed call (checked against the
+        tool's schema, then run) or, where tool_choice lets it, with text."""
+        tools, tool_choice = native_request(node.tools, node.tool_choice)
+        request = self._request(
+            node.sampling.merged_over(self.defaults), tools=tools, tool_choice=tool_choice
+        )
+        self._observe(node.describe(), request.prompt)
+        started = time.perf_counter()
+        generation = await self._send(request, node.name)
+        self._append(generation.text, "gen", node.name)
+        value: Any = generation.text
+        if generation.tool_calls:
+            call, call_id = parse_native_call(generation.tool_calls, node.tools, node.tool_choice)
+            start = self._text_len
+            self._append(call_text(call), "gen", node.name)
+            value = await run_tool(node.tools, call, call_id)
+            self._record_call(start, value)
+        elif node.tool_choice not in ("auto", "none"):
+            raise ConstraintError(
+                f"the server answered in text, not with the call tool_choice="
+                f"{node.tool_choice!r} asks for: {generation.text[:80]!r}"
+            )
+        path = "native tool call"
+        self._span.attributes.update(
+            {"variable": node.name, "constraint": "a tool call", "constraint_path": path}
+        )
+        if node.name is not None:
+            self.variables[node.name] = value
+            meta = _meta(generation, time.perf_counter() - started)
+            meta.update(constraint="a tool call", constraint_path=path)
+            if len(generation.tool_calls) > 1:  # asked for one (parallel_tool_calls=false)
+                meta["tool_calls_returned"] = len(generation.tool_calls)
+            self.meta[node.name] = meta
+            self._attach_reasoning(node.name)
+
+    def _record_call(self, start: int, call: ToolCall) -> None:
+        """Remember a call made in the open assistant turn, for that turn's message."""
+        if self._role == "assistant":
+            self._turn_calls.append((start, self._text_len, call))
 
     async def _think(self, node: Think) -> None:
         """The reasoning span of `gen(think=...)`: free text up to the closing delimiter or the
@@ -665,8 +846,9 @@ class Execution:
                 if node.method.decodes:
                     scored, generation = await self._decode_choice(context, node)
                     row = CacheRow(
-                        "select", node.name, 1, generation.prompt_tokens, generation.cached_tokens
-                    )
+                        "select", node.name, 1, generation.prompt_tokens,
+                        generation.cached_tokens, request_cost(self.backend, generation),
+                    )  # fmt: skip
                 else:
                     scored = await self.backend.score_choices(context, node.choices, node.method)
         except BaseException as exc:
@@ -797,6 +979,7 @@ class Execution:
             scopes=dict(self._scopes),
             loose_text=self._loose_text,
             marks=list(self._marks),
+            turn_calls=list(self._turn_calls),
         )
 
     def _restore(self, snapshot: _Snapshot) -> None:
@@ -813,6 +996,7 @@ class Execution:
         self._scopes = dict(snapshot.scopes)
         self._loose_text = snapshot.loose_text
         self._marks = list(snapshot.marks)
+        self._turn_calls = list(snapshot.turn_calls)
         self._notify()
 
 
@@ -826,6 +1010,8 @@ def describe(node: Node | None) -> str:
         return f"{node.role} turn"
     if isinstance(node, Image):
         return f"image({node.source!r})"
+    if isinstance(node, ToolResult):
+        return f"tool_result({node.tool!r})"
     if isinstance(node, (VarScopeBegin, VarScopeEnd)):
         return f"var_scope({node.name!r})"
     if isinstance(node, _ForkPoint):
@@ -891,6 +1077,6 @@ def _meta(generation: Generation, latency: float) -> dict[str, Any]:
         "latency_s": latency,
     }
     if generation.logprobs is not None:
-        meta["output_token_logprobs"] = generation.logprobs
+        meta.update(logprob_meta(generation.logprobs))
     meta.update(generation.extra)
     return meta

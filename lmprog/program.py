@@ -51,8 +51,10 @@ class Program:
         func: Callable[..., Any],
         defaults: SamplingParams | None = None,
         bound: dict[str, Any] | None = None,
+        spec_tokens: int = 0,
     ) -> None:
         self.func = func
+        self.spec_tokens = spec_tokens  # API speculative execution (lmprog/speculation.py)
         self.name = getattr(func, "__name__", "program")
         self.defaults = defaults or SamplingParams()
         self.bound = bound or {}
@@ -65,7 +67,7 @@ class Program:
 
     def bind(self, **kwargs: Any) -> Program:
         """A new program with these arguments fixed."""
-        return Program(self.func, self.defaults, {**self.bound, **kwargs})
+        return Program(self.func, self.defaults, {**self.bound, **kwargs}, self.spec_tokens)
 
     # ----- single runs ------------------------------------------------------------------
 
@@ -265,6 +267,7 @@ class Program:
             defaults,
             stream=stream,
             probe=prefix_lint.probe(self.func, self.name),
+            spec_tokens=self.spec_tokens,
         )
         state = ProgramState(execution)
         state._done = asyncio.get_running_loop().create_task(
@@ -350,10 +353,10 @@ def function(
     func: Callable[..., Any] | None = None, /, **defaults: Any
 ) -> Program | Callable[[Callable[..., Any]], Program]:
     """Turn `def f(s, ...)` (or `async def`) into a program. `@lp.function(temperature=0)`
-    sets sampling defaults for every gen in it."""
-    # SGLang's API speculation (and its earlier spelling); one request per gen here
-    defaults.pop("num_api_spec_tokens", None)
-    defaults.pop("api_num_spec_tokens", None)
+    sets sampling defaults for every gen in it; `num_api_spec_tokens=N` turns on SGLang's
+    API speculative execution (lmprog/speculation.py)."""
+    spec_tokens = defaults.pop("num_api_spec_tokens", None)
+    spec_tokens = defaults.pop("api_num_spec_tokens", None) or spec_tokens  # older spelling
     unknown = set(defaults) - SAMPLING_NAMES
     if unknown:
         raise TypeError(
@@ -363,6 +366,6 @@ def function(
     sampling = SamplingParams.from_kwargs(**defaults)
 
     def wrap(f: Callable[..., Any]) -> Program:
-        return Program(f, sampling)
+        return Program(f, sampling, spec_tokens=spec_tokens or 0)
 
     return wrap(func) if func is not None else wrap

@@ -189,6 +189,7 @@ class ProgramState:
                     fork_of=snapshot,
                     probe=parent.probe,
                     tracer=parent.tracer,
+                    spec_tokens=parent.spec_tokens,
                 )
                 parent.children.append(child)
                 branches.append(ProgramState(child))

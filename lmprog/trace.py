@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lmprog.pricing import Cost
+
 SpanKind = Literal["program", "primitive", "request"]
 Sink = Callable[[list["Span"]], None]
 
@@ -113,6 +115,13 @@ class Tracer:
 def traceparent(span: Span) -> str:
     """The W3C `traceparent` header of a request sent within `span` (sampled)."""
     return f"00-{span.trace_id}-{span.span_id}-01"
+
+
+def cost_attributes(cost: Cost | None) -> dict[str, Any]:
+    """A request's cost as span attributes: `cost` (a number) and `currency`. OpenTelemetry's
+    GenAI conventions have no cost attribute, so they are exported as lmprog.cost and
+    lmprog.currency."""
+    return {} if cost is None else {"cost": float(cost.amount), "currency": cost.currency}
 
 
 def _describe(error: BaseException) -> str:

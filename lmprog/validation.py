@@ -9,7 +9,7 @@ bad attempt costs a few tokens, not `max_tokens`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -65,7 +65,7 @@ async def _watched(
         return await send(request, None)
     text: list[str] = []
 
-    def watch(piece: str) -> None:
+    def watch(piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
         text.append(piece)
         if not task.done() and not feasible("".join(text)):
             task.cancel()

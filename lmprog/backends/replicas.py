@@ -254,11 +254,11 @@ class Replicas(Backend):
     ) -> Generation:
         shown = False
 
-        def relay(piece: str) -> None:
+        def relay(piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None:
             nonlocal shown
             shown = True
             assert on_text is not None
-            on_text(piece)
+            on_text(piece, logprobs)
 
         generation, replica = await self._route(
             request.prompt,

@@ -8,6 +8,7 @@ in-process backend) on the same model's transformers folder.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Annotated, Literal
@@ -218,8 +219,36 @@ def test_logprobs_on_request(backend: lp.Backend) -> None:
         )
 
     meta = prog.run(backend=backend).get_meta_info("v")
-    assert len(meta["output_token_logprobs"]) == 3
-    assert all(p["logprob"] <= 0 for p in meta["output_token_logprobs"])
+    assert len(meta["output_token_logprobs"]) == meta["output_token_logprobs_length"] == 3
+    assert all(logprob <= 0 for logprob, _, _ in meta["output_token_logprobs"])
+    assert all(text for _, _, text in meta["output_token_logprobs"])
+    top = meta["output_top_logprobs"]
+    assert [len(position) for position in top] == [2, 2, 2]
+    assert top[0][0].logprob >= top[0][1].logprob
+
+
+def test_stream_logprobs(backend: lp.Backend) -> None:
+    """SGLang's stream meta-info: each chunk carries the logprobs of the tokens so far."""
+
+    @lp.function
+    def prog(s):
+        s += "x = " + lp.gen(
+            "v", max_tokens=4, temperature=0, return_logprob=True, top_logprobs_num=2
+        )
+
+    state = prog.run(backend=backend, stream=True)
+
+    async def read() -> list[dict]:
+        return [meta async for _, meta in state.text_async_iter("v", return_meta_data=True)]
+
+    metas = asyncio.run(read())
+    final = state.get_meta_info("v")["output_token_logprobs"]
+    lengths = [meta["output_token_logprobs_length"] for meta in metas]
+    assert metas and lengths == sorted(lengths) and 1 <= lengths[-1] <= len(final) == 4
+    for meta in metas:
+        so_far = meta["output_token_logprobs"]
+        assert so_far == final[: len(so_far)] and len(so_far) == meta["completion_tokens"]
+        assert all(len(top) == 2 for top in meta["output_top_logprobs"])
 
 
 def test_invalid_regex_fails_before_any_request(backend: lp.Backend) -> None:

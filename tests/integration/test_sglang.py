@@ -3,6 +3,7 @@ LMPROG_SGLANG_URL points to one (SGLang's runtime cannot be installed on these m
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -79,6 +80,30 @@ def test_streaming_turns_cumulative_text_into_deltas(server: FakeSGLang) -> None
     state = prog.run(backend=lp.SGLang(server.url), stream=True)
     pieces = list(state.text_iter("a"))
     assert len(pieces) > 3 and "".join(pieces) == ANSWER == state["a"]
+
+
+def test_streamed_logprobs_arrive_with_their_chunks(server: FakeSGLang) -> None:
+    """SGLang repeats every logprob so far in each chunk; lmprog passes each token's once,
+    and each chunk's meta-info carries those so far, as SGLang's frontend gives them."""
+
+    @lp.function
+    def prog(s):
+        s += "x" + lp.gen("a", max_tokens=64, return_logprob=True)
+
+    state = prog.run(backend=lp.SGLang(server.url), stream=True)
+
+    async def read() -> list[tuple[str, dict]]:
+        return [pair async for pair in state.text_async_iter("a", return_meta_data=True)]
+
+    pairs = asyncio.run(read())
+    text = ""
+    for piece, meta in pairs:
+        text += piece
+        assert [token for _, _, token in meta["output_token_logprobs"]] == list(text)
+        assert meta["output_token_logprobs_length"] == meta["completion_tokens"] == len(text)
+    assert text == ANSWER
+    final = state.get_meta_info("a")["output_token_logprobs"]
+    assert final == pairs[-1][1]["output_token_logprobs"] and final[0].token_id == ord("P") + 10
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,63 @@ def test_cache_and_a_raising_program(gemma: sgl.LlamaCpp) -> None:
     assert state.program_error().program == "chat"
 
 
+def _character(s):
+    s += "Construct a character within the following format:\n"
+    s += "Name: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n"
+    s += "\nPlease generate new Name, Birthday and Job.\n"
+    s += "Name:" + sgl.gen("name", stop="\n") + "\nBirthday:" + sgl.gen("birthday", stop="\n")
+    s += "\nJob:" + sgl.gen("job", stop="\n") + "\n"
+
+
+@pytest.mark.gemma
+def test_completion_speculative(gemma: sgl.LlamaCpp) -> None:
+    """test_programs.test_completion_speculative: with num_api_spec_tokens one request fills
+    the three gens, so fewer prompt tokens are sent than with one request per gen."""
+    usage = token_usage(gemma)
+    states, prompt_tokens = {}, {}
+    for spec in (64, 0):  # 0: no speculation
+        usage.reset()
+        program = sgl.function(num_api_spec_tokens=spec)(_character)
+        states[spec] = program.run(backend=gemma, temperature=0)
+        prompt_tokens[spec] = usage.prompt_tokens
+    assert prompt_tokens[64] < prompt_tokens[0], prompt_tokens
+    served = [states[64].get_meta_info(k)["speculative"] for k in ("name", "birthday", "job")]
+    assert served == ["requested", "served from the text ahead", "served from the text ahead"]
+    for name in ("name", "birthday", "job"):
+        assert states[64][name].strip() and "\n" not in states[64][name]
+
+
+@pytest.mark.gemma
+def test_chat_completion_speculative(gemma_server: sgl.Runtime) -> None:
+    """test_programs.test_chat_completion_speculative on a chat endpoint: the assistant turn's
+    three gens come from one request."""
+
+    @sgl.function(num_api_spec_tokens=256)
+    def character(s):
+        s += sgl.system("You are a helpful assistant.")
+        s += sgl.user("Construct a character within the following format:")
+        s += sgl.assistant("Name: Steve Jobs.\nBirthday: February 24, 1955.\nJob: Apple CEO.\n")
+        s += sgl.user("Please generate new Name, Birthday and Job.\n")
+        s += sgl.assistant(
+            "Name:"
+            + sgl.gen("name", stop="\n")
+            + "\nBirthday:"
+            + sgl.gen("birthday", stop="\n")
+            + "\nJob:"
+            + sgl.gen("job", stop="\n")
+        )
+
+    backend = sgl.OpenAI("gemma", base_url=gemma_server.url + "/v1", is_chat_model=True)
+    usage = token_usage(backend)
+    usage.reset()
+    state = character.run(backend=backend, temperature=0)
+    state.sync()
+    assert state.error() is None
+    assert all(state[k].strip() for k in ("name", "birthday", "job"))
+    assert state.get_meta_info("job")["speculative"] == "served from the text ahead"
+    assert usage.prompt_tokens == state.get_meta_info("name")["prompt_tokens"]  # one request
+
+
 def test_engine_generate_on_lp_local() -> None:
     """test_srt_engine.test_generate's calls, on the tiny model (its text is noise: the
     shape, the counts and a constraint are what is checked)."""

@@ -115,7 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         text = result["text"]
         for end in range(3, len(text) + 3, 3):  # cumulative, as SGLang streams
-            chunk = {"text": text[:end], "meta_info": result["meta_info"]}
+            meta = dict(result["meta_info"])
+            if "output_token_logprobs" in meta:  # one character is one token here
+                meta["output_token_logprobs"] = meta["output_token_logprobs"][:end]
+            chunk = {"text": text[:end], "meta_info": meta}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
         self.close_connection = True

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.global_config",
             "lmprog.usage",
             "lmprog.pricing",
+            "lmprog.logprobs",
         ),
     ),
     (
@@ -49,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "lmprog.budget",
             "lmprog.validation",
+            "lmprog.speculation",
             "lmprog.trace",
             "lmprog.cache_report",
             "lmprog.prefix_lint",
