@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from lmprog.ir import (
     flatten,
 )
 from lmprog.tool_messages import result_text
-from lmprog.tools import ToolCall, ToolSpec, chosen_specs, tool_specs, tools_constraint
+from lmprog.tools import ToolCall, Tools, ToolSpec, chosen_specs, tool_specs, tools_constraint
 
 DEFAULT_THINK_BUDGET = 256  # tokens of reasoning when gen(think=True) sets no budget
 
@@ -59,7 +59,7 @@ def gen(
     top_logprobs_num: int = 0,
     return_text_in_logprobs: bool | None = None,
     ignore_eos: bool = False,
-    tools: Sequence[Callable[..., Any] | dict[str, Any]] | None = None,
+    tools: Tools | None = None,
     tool_choice: str | None = None,
     tool_path: Literal["native", "constrained"] | None = None,
     frequency_penalty: float | None = None,
@@ -176,7 +176,7 @@ def _gen_constraint(
     choices: Sequence[str] | None,
     grammar: str | None,
     dtype: Any,
-    tools: Sequence[Callable[..., Any] | dict[str, Any]] | None,
+    tools: Tools | None,
     tool_choice: str | None = None,
 ) -> tuple[Constraint | None, tuple[ToolSpec, ...]]:
     """The one constraint a gen's arguments ask for, and its tools; a ConstraintError names

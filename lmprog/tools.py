@@ -62,9 +62,11 @@ class ToolCall:
     content: tuple[dict[str, Any], ...] = ()
 
 
-def tool_specs(
-    tools: Sequence[Callable[..., Any] | dict[str, Any] | ToolSpec | ToolSet] | ToolSet,
-) -> tuple[ToolSpec, ...]:
+# What gen(tools=...) takes: Python callables, tool schemas, ToolSpecs and tool sets.
+Tools = Sequence[Callable[..., Any] | dict[str, Any] | ToolSpec | ToolSet] | ToolSet
+
+
+def tool_specs(tools: Tools) -> tuple[ToolSpec, ...]:
     """The specs of `tools=`: callables, tool schemas, ToolSpecs, and tool sets (an MCP
     server's tools), flattened in order."""
     given = [tools] if isinstance(tools, ToolSet) else tools
