@@ -25,7 +25,9 @@ try:  # the `local` extra
     import torch
 
     from lmprog.backends.local.engine import Engine, GenerationResult, Job
+    from lmprog.backends.local.head import OutputHead
     from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
+    from lmprog.backends.local.packing import WeightForm, pack_layers, resolve_form
 except ModuleNotFoundError as exc:
     raise (missing_local_extra(exc, "lp.Local") or exc) from exc
 from lmprog.backends.local.weights import ModelFiles, resolve_model
@@ -54,8 +56,11 @@ class Local(Backend):
     Gemma Terms of Use shipped with it).
 
     device: "cpu", "cuda", ... (default: CUDA when available). dtype: a torch dtype (default
-    float32 on CPU, bfloat16 on GPU). cache_bytes bounds the radix KV cache; max_batch_size
-    bounds how many requests decode together.
+    float32 on CPU, bfloat16 on GPU). weights: "auto" (default) packs the weights for fbgemm
+    on an x86 CPU (float16 layers, an int8 output head rescored exactly: docs/local.md), and
+    keeps them as loaded elsewhere; "float32" always keeps them as loaded; "packed" insists.
+    cache_bytes bounds the radix KV cache; max_batch_size bounds how many requests decode
+    together.
     """
 
     capabilities = Capabilities(
@@ -75,6 +80,7 @@ class Local(Backend):
         dtype: torch.dtype | None = None,
         *,
         chat_template: str | ChatTemplate | None = None,
+        weights: WeightForm = "auto",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_batch_size: int = 16,
     ) -> None:
@@ -82,6 +88,7 @@ class Local(Backend):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         self.name = "lp.Local()" if model is None else f"lp.Local({str(model)!r})"
+        self.weights = resolve_form(weights, self.device, self.dtype, self.name)
         self.chat_template_choice = chat_template
         self._cache_bytes = cache_bytes
         self._max_batch_size = max_batch_size
@@ -119,9 +126,13 @@ class Local(Backend):
         except (OSError, ValueError) as exc:
             raise LmprogError(f"{self.name} cannot load the model in {files.path}: {exc}") from exc
         model.to(self.device).eval()
+        packed = self.weights == "packed"
+        if packed:
+            pack_layers(model, model.get_output_embeddings())
         config = model.config.get_text_config()
         engine = Engine(
             model,
+            OutputHead(model, int8=packed),
             eos_token_ids=files.eos_token_ids,
             detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
             token_text=lambda i: tokenizer.decode([i], skip_special_tokens=False),
@@ -187,8 +198,8 @@ class Local(Backend):
         if on_text is not None:
             callback = on_text
 
-            def stream(piece: str) -> None:
-                loop.call_soon_threadsafe(callback, piece)
+            def stream(piece: str, logprobs: list[dict[str, Any]]) -> None:
+                loop.call_soon_threadsafe(callback, piece, logprobs)
 
         job = Job(
             prompt_ids=self._encode(loaded, request.prompt),

@@ -21,11 +21,16 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from lmprog.backends.local.head import OutputHead
+from lmprog.backends.local.kvcache import growing_cache
 from lmprog.backends.local.radix import LayerKV, RadixCache
 from lmprog.backends.local.sampling import choose, penalised, seeded_generator
 from lmprog.ir import SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a gen sets none
+# A constrained row whose mask allows at most 1/PROJECT_BELOW of the vocabulary gets only those
+# rows of the output head (a select, digits, JSON punctuation); wider masks read it all.
+PROJECT_BELOW = 16
 
 
 class ConstraintCursor(Protocol):
@@ -60,7 +65,7 @@ class Job:
     sampling: SamplingParams
     constraint: ConstraintCursor | None
     top_logprobs: int | None  # None: no logprobs; 0: the chosen token's only
-    on_text: Callable[[str], None] | None
+    on_text: Callable[[str, list[dict[str, Any]]], None] | None  # a piece, its logprobs
     on_done: Callable[[GenerationResult | BaseException], None]
     cancelled: bool = False
     settled: bool = False  # answered, or dropped after a cancel: no longer counted as active
@@ -68,9 +73,11 @@ class Job:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
+    logprobs_emitted: int = 0
     cached_tokens: int = 0
     stopping_word: str | None = None
     logits: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None  # the constraint's mask for `logits`
     generator: torch.Generator | None = None
 
 
@@ -93,6 +100,7 @@ class Engine:
     def __init__(
         self,
         model: torch.nn.Module,
+        head: OutputHead,
         *,
         eos_token_ids: tuple[int, ...],
         detokenize: Detokenizer,
@@ -102,6 +110,8 @@ class Engine:
         max_context: int,
     ) -> None:
         self.model = model
+        self.head = head
+        self.decoder: torch.nn.Module = model.get_decoder()  # type: ignore[operator]
         self.eos_token_ids = eos_token_ids
         self.detokenize = detokenize
         self.token_text = token_text
@@ -109,7 +119,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_context = max_context
         self.device = next(model.parameters()).device
-        self._cache_arg = _cache_argument(model)
+        self._cache_arg = _cache_argument(self.decoder)
         self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._waiting: list[Job] = []
         self._active = 0  # submitted and not yet settled
@@ -184,8 +194,9 @@ class Engine:
                     f"the prompt has {len(job.prompt_ids)} tokens; the model's context is "
                     f"{self.max_context}"
                 )
-            cache, logits, hit = self.prefill(job.prompt_ids, keep=1)
-            job.logits, job.cached_tokens = logits[-1], hit
+            cache, hidden, hit = self.prefill(job.prompt_ids, keep=1)
+            job.cached_tokens = hit
+            self._next_logits([job], hidden)
             job.generator = seeded_generator(job.sampling.seed, self.device)
         except Exception as exc:
             self._settle(job, exc)
@@ -195,29 +206,25 @@ class Engine:
     def prefill(self, ids: list[int], keep: int) -> tuple[DynamicCache, torch.Tensor, int]:
         """Run `ids` through the model, reusing the longest cached prefix (at least one token
         is always computed, for its logits). Returns the cache, the last `keep` positions'
-        logits and how many tokens came from the radix cache."""
+        final hidden states and how many tokens came from the radix cache."""
         hit, kv = self.radix.match(ids)
         hit = min(hit, len(ids) - keep)
-        cache = DynamicCache()
+        cache = growing_cache()
         for layer, (keys, values) in enumerate(kv):
             cache.update(keys[None, :, :hit], values[None, :, :hit], layer)
         new = torch.tensor([ids[hit:]], device=self.device)
         positions = torch.arange(hit, len(ids), device=self.device)[None]
-        out = self.model(
-            input_ids=new,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=keep,
-            **{self._cache_arg: cache},
+        out = self.decoder(
+            input_ids=new, position_ids=positions, use_cache=True, **{self._cache_arg: cache}
         )
         self.radix.record(hit, len(ids) - hit)
         self.radix.insert(ids, _rows(cache, 0, 0))
-        return cache, out.logits[0, -keep:].float(), hit
+        return cache, out.last_hidden_state[0, -keep:], hit
 
     def score(self, context: list[int], target: list[int]) -> list[float]:
         """Log-probability of each token of `target` following `context` (non-empty)."""
-        _, logits, _ = self.prefill(context + target, keep=len(target) + 1)
-        logprobs = torch.log_softmax(logits[:-1], dim=-1)
+        _, hidden, _ = self.prefill(context + target, keep=len(target) + 1)
+        logprobs = torch.log_softmax(self.head.logits(hidden[:-1]), dim=-1)
         chosen = torch.tensor(target, device=logprobs.device)[:, None]
         return [float(v) for v in logprobs.gather(1, chosen)[:, 0].tolist()]  # one GPU sync
 
@@ -284,10 +291,8 @@ class Engine:
         forbidden_eos = bool(job.sampling.ignore_eos) or len(job.generated) < (
             job.sampling.min_tokens or 0
         )
-        if job.constraint is not None:
-            allowed = torch.zeros(raw.shape[-1], dtype=torch.bool, device=raw.device)
-            job.constraint.fill_mask(allowed)
-            logits = logits.masked_fill(~allowed, float("-inf"))
+        if job.allowed is not None:
+            logits = logits.masked_fill(~job.allowed, float("-inf"))
         if forbidden_eos:
             logits = logits.clone()
             logits[list(self.eos_token_ids)] = float("-inf")
@@ -367,8 +372,8 @@ class Engine:
                         end -= k
                         break
         if end > job.emitted:
-            job.on_text(job.text[job.emitted : end])
-            job.emitted = end
+            job.on_text(job.text[job.emitted : end], job.logprobs[job.logprobs_emitted :])
+            job.emitted, job.logprobs_emitted = end, len(job.logprobs)
 
     def _result(self, job: Job, reason: str) -> GenerationResult:
         return GenerationResult(
@@ -412,17 +417,37 @@ class Engine:
         positions = torch.tensor(
             [[width - pad] for pad in batch.pads], dtype=torch.long, device=self.device
         )
-        out = self.model(
+        out = self.decoder(
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
             **{self._cache_arg: batch.cache},
         )
-        logits = out.logits[:, -1].float()
-        for row, job in enumerate(batch.jobs):
-            job.logits = logits[row]
+        self._next_logits(batch.jobs, out.last_hidden_state[:, -1])
+
+    def _next_logits(self, jobs: list[Job], hidden: torch.Tensor) -> None:
+        """Each job's next-token logits (and mask) from its row of `hidden` ([rows, hidden]).
+        A constrained row with few allowed tokens gets only theirs, the rest -inf: unless its
+        logprobs are wanted, which need the whole distribution."""
+        vocab = self.head.vocab_size
+        full = []
+        for row, job in enumerate(jobs):
+            if job.constraint is None:
+                full.append(row)
+                continue
+            job.allowed = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+            job.constraint.fill_mask(job.allowed)
+            ids = job.allowed.nonzero()[:, 0]
+            if job.top_logprobs is not None or len(ids) * PROJECT_BELOW > vocab:
+                full.append(row)
+                continue
+            job.logits = torch.full((vocab,), float("-inf"), device=self.device)
+            job.logits[ids] = self.head.rows(hidden[row], ids)
+        if full:
+            logits = self.head.logits(hidden[full])
+            for at, row in enumerate(full):
+                jobs[row].logits = logits[at]
 
     def _fail_all(self, exc: BaseException) -> None:
         jobs = (self._batch.jobs if self._batch else []) + self._waiting
