@@ -37,17 +37,23 @@ from lmprog.backends.dialect import (
 from lmprog.backends.openai import OpenAI
 from lmprog.backends.sglang import SGLang
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendUnavailableError, LmprogError, UnsupportedFeatureError
+from lmprog.errors import (
+    BackendError,
+    BackendUnavailableError,
+    LmprogError,
+    UnsupportedFeatureError,
+)
 from lmprog.templates import ChatTemplate
 
 ENGINE = "sglang-router"
 POLICIES = ("cache_aware", "round_robin", "power_of_two", "random", "manual")
 # What lmprog asks of smg beyond its defaults: look at the workers every second from the start
-# (not every 30 s) so a dead one is routed around within seconds, and stop within a second when
-# told to (lp.Runtime kills what is still running 10 s after asking).
+# (not every 30 s), so a dead one is routed around within seconds (the backends/ recipes use
+# these too); and, for lp.Runtime, stop within a second when told to (it kills what is still
+# running 10 s after asking).
+HEALTH_FLAGS: dict[str, Any] = {"worker_startup_check_interval": 1, "health_check_interval_secs": 1}
 ROUTER_DEFAULTS: dict[str, Any] = {
-    "worker_startup_check_interval": 1,
-    "health_check_interval_secs": 1,
+    **HEALTH_FLAGS,
     "shutdown_grace_period_secs": 1,
     "log_level": "warn",
 }
@@ -132,8 +138,12 @@ class SGLangRouter(WrappedBackend):
 
     async def concurrency_hint(self) -> int:
         """The sum of the workers' own hints (for llama-server, all their slots: more programs
-        at once would push each other's prefixes out of the slots)."""
-        return sum([await w.concurrency_hint() for w in self._direct])
+        at once would push each other's prefixes out of the slots); the router's own where
+        the workers cannot be reached from here (inside a cluster's network)."""
+        try:
+            return sum([await w.concurrency_hint() for w in self._direct])
+        except BackendError:
+            return await self.inner.concurrency_hint()
 
     def cached_chat_template(self) -> ChatTemplate | None:
         return self._template

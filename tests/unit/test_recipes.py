@@ -753,3 +753,48 @@ def test_every_recipe_path_in_the_docs_exists(path: Path) -> None:
 def test_every_deployment_doc_leads_with_commands(path: Path) -> None:
     head = path.read_text().splitlines()[:20]
     assert any(line.startswith("```") for line in head), "no runnable example near the top"
+
+
+# --- SGLang's router (smg) in front of the engines ----------------------------------------------
+
+
+def test_the_router_recipes_put_smg_in_front_of_sglang_and_vllm_with_lmprogs_flags() -> None:
+    """The compose routers carry the health flags lp.Runtime("sglang-router") gives smg, list
+    every engine service of their file as a worker, and between them front both engines."""
+    from lmprog.backends.router import HEALTH_FLAGS
+
+    wanted = {f"--{key.replace('_', '-')}={value}" for key, value in HEALTH_FLAGS.items()}
+    fronted = set()
+    for path in COMPOSE_FILES:
+        services = yaml.safe_load(path.read_text())["services"]
+        if "router" not in services:
+            continue
+        flags = services["router"]["command"]
+        assert wanted <= set(flags), rel(path)
+        workers = flags[flags.index("--worker-urls") + 1 :]
+        engines = {n: s for n, s in services.items() if is_engine(s["image"])}
+        assert {w.split("//")[1].split(":")[0] for w in workers} == set(engines), rel(path)
+        fronted |= {s["image"].split(":")[0] for s in engines.values()}
+    assert fronted == {"lmsysorg/sglang", "vllm/vllm-openai"}
+
+
+def test_the_multinode_router_script_starts_smg_with_lmprogs_flags(tmp_path: Path) -> None:
+    from lmprog.backends.router import HEALTH_FLAGS
+
+    fake = tmp_path / "smg"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    script = BACKENDS / "multinode" / "smg-router.sh"
+    env = {**os.environ, "SMG": str(fake), "POLICY": "manual"}
+    urls = ["http://node1:30000", "http://node2:8000"]
+    args = subprocess.run(
+        [str(script), *urls, "--", "--log-level", "warn"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    assert args[0] == "launch" and args[args.index("--policy") + 1] == "manual"
+    for key, value in HEALTH_FLAGS.items():
+        assert args[args.index(f"--{key.replace('_', '-')}") + 1] == str(value)
+    start = args.index("--worker-urls") + 1
+    assert args[start : start + 4] == [*urls, "--log-level", "warn"]
+    usage = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
