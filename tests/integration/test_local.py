@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pydantic
 import pytest
 from support.reference import transformers_greedy
 
 import lmprog as lp
+from lmprog.backends.local import engine
 from lmprog.backends.local.weights import resolve_model
 
 pytestmark = pytest.mark.gemma
@@ -175,3 +177,92 @@ def test_an_unbounded_integer_field_ends_within_sixteen_digits(gemma_local: lp.L
     state = country.run(backend=gemma_local, temperature=0)
     assert state.error() is None, state.error()
     assert abs(state["c"].population) <= NUMBER_LIMIT
+
+
+def test_packed_weights_decode_as_float32_does() -> None:
+    """The default form on an x86 CPU (float16 layers, int8 head rescored exactly) gives the
+    greedy tokens of the float32 model."""
+    prompts = [
+        "Once upon a time, in a small village by the sea,",
+        "The three most important inventions of the last century are",
+        "def fibonacci(n):",
+    ]
+
+    @lp.function(temperature=0)
+    def cont(s, prompt):
+        s += prompt + lp.gen("text", max_tokens=32, ignore_eos=True)
+
+    texts = {}
+    for form in ("packed", "float32"):
+        backend = lp.Local(weights=form)
+        try:
+            texts[form] = [
+                s["text"] for s in cont.run_batch([(p,) for p in prompts], backend=backend)
+            ]
+        finally:
+            backend.shutdown()
+    assert texts["packed"] == texts["float32"]
+
+
+def test_a_narrow_mask_computes_only_its_rows(
+    gemma_local: lp.Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digits under a regex: each step multiplies the hidden state by the allowed rows of the
+    output head, not all 262k, and picks what the full head would have picked."""
+
+    @lp.function(temperature=0)
+    def year(s):
+        s += "The first Moon landing was in the year " + lp.gen("y", regex="[0-9]{4}")
+
+    head = gemma_local._load().engine.head
+    full_heads = []
+    full = head.logits
+
+    def counted(hidden: Any) -> Any:
+        full_heads.append(len(hidden))
+        return full(hidden)
+
+    monkeypatch.setattr(head, "logits", counted)
+    projected = year.run(backend=gemma_local)["y"]
+    assert full_heads == [] and re.fullmatch("[0-9]{4}", projected)
+    monkeypatch.setattr(engine, "PROJECT_BELOW", 1 << 40)  # every mask counts as wide
+    assert year.run(backend=gemma_local)["y"] == projected
+    assert len(full_heads) == 4
+
+
+def test_sglang_parallel_decoding_finishes() -> None:
+    """SGLang's test_programs.test_parallel_decoding (skeleton, 5 forks of 64 tokens, a
+    512-token summary) never finished within 600 s on lp.Local: each step copied the whole KV
+    cache (DynamicCache's torch.cat), so the summary's steps grew with its context. It takes
+    ~90 s on 2 loaded cores now; the bound leaves 5x for a busy machine."""
+    import time
+
+    @lp.function
+    def parallel_decoding(s, topic):
+        s += "Act as a helpful assistant.\n"
+        s += "USER: Give some tips for " + topic + ".\n"
+        s += "ASSISTANT: Okay. Here are 5 concise tips, each under 8 words:\n"
+        for i in range(1, 6):
+            s += f"{i}." + lp.gen(max_tokens=16, stop=[".", "\n"]) + ".\n"
+        forks = s.fork(5)
+        for i in range(5):
+            forks[i] += f"Now, I expand tip {i + 1} into a detailed paragraph:\nTip {i + 1}:"
+            forks[i] += lp.gen("detailed_tip", 64, stop=["\n\n"])
+        forks.join()
+        s += "Here are these tips with detailed explanation:\n"
+        for i in range(5):
+            s += f"Tip {i + 1}:" + forks[i]["detailed_tip"] + "\n"
+        s += "\nIn summary," + lp.gen("summary", max_tokens=512)
+
+    backend = lp.Local()
+    try:
+        start = time.monotonic()
+        state = parallel_decoding.run(
+            topic="writing a good blog post", temperature=0.3, backend=backend
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        backend.shutdown()
+    assert state.error() is None, state.error()
+    assert isinstance(state["summary"], str)
+    assert elapsed < 450, f"{elapsed:.0f} s"

@@ -23,7 +23,8 @@ from transformers import DynamicCache
 
 from lmprog.backends.local.head import OutputHead
 from lmprog.backends.local.kvcache import growing_cache
-from lmprog.backends.local.radix import LayerKV, RadixCache
+from lmprog.backends.local.prefill import Pending, chunk_pass
+from lmprog.backends.local.radix import LayerKV, RadixCache, common_length
 from lmprog.backends.local.sampling import choose, penalised, seeded_generator
 from lmprog.ir import SamplingParams
 
@@ -31,6 +32,12 @@ DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a gen sets none
 # A constrained row whose mask allows at most 1/PROJECT_BELOW of the vocabulary gets only those
 # rows of the output head (a select, digits, JSON punctuation); wider masks read it all.
 PROJECT_BELOW = 16
+# Prompt tokens computed between two decode steps (prefill.py): a long prompt delays the rows
+# that are decoding by at most this much work per step.
+PREFILL_BUDGET = 256
+# A request waits while a prompt in prefill shares this many more tokens with it than the radix
+# cache holds: batch items then compute their common prefix once, not side by side.
+SHARED_PREFIX_WAIT = 32
 
 
 class ConstraintCursor(Protocol):
@@ -122,6 +129,7 @@ class Engine:
         self._cache_arg = _cache_argument(self.decoder)
         self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._waiting: list[Job] = []
+        self._prefilling: dict[Pending, Job] = {}  # in arrival order
         self._active = 0  # submitted and not yet settled
         self._active_lock = threading.Lock()
         self._batch: _Batch | None = None
@@ -159,12 +167,14 @@ class Engine:
     def _run(self) -> None:
         with torch.inference_mode():
             while self._admit():
+                if self._prefilling:
+                    self._prefill_step()
                 if self._batch is not None:
                     self._step()
 
     def _admit(self) -> bool:
         """Take queued work: block when idle, else only what is waiting. False: stop."""
-        block = self._batch is None and not self._waiting
+        block = self._batch is None and not self._waiting and not self._prefilling
         while True:
             try:
                 item = self._inbox.get(block=block)
@@ -178,35 +188,74 @@ class Engine:
                 self._waiting.append(item)
             else:
                 item()
-        room = self.max_batch_size - (len(self._batch.jobs) if self._batch else 0)
-        joining, self._waiting = self._waiting[:room], self._waiting[room:]
-        for job in joining:
+        decoding = len(self._batch.jobs) if self._batch else 0
+        room = self.max_batch_size - decoding - len(self._prefilling)
+        waiting, self._waiting = self._waiting, []
+        for job in waiting:
             if job.cancelled:
                 self._settle(job, None)
-            else:
+            elif room > 0 and not self._prefix_in_prefill(job.prompt_ids):
                 self._start(job)
+                room -= 1
+            else:
+                self._waiting.append(job)
         return True
 
+    def _prefix_in_prefill(self, ids: list[int]) -> bool:
+        """A prompt in prefill will give `ids` a longer cached prefix than the radix has."""
+        if not self._prefilling:
+            return False
+        shared = max(common_length(p.ids, ids) for p in self._prefilling)
+        return shared - self.radix.prefix_length(ids) >= SHARED_PREFIX_WAIT
+
     def _start(self, job: Job) -> None:
-        try:
-            if len(job.prompt_ids) >= self.max_context:
-                raise ValueError(
-                    f"the prompt has {len(job.prompt_ids)} tokens; the model's context is "
-                    f"{self.max_context}"
-                )
-            cache, hidden, hit = self.prefill(job.prompt_ids, keep=1)
-            job.cached_tokens = hit
-            self._next_logits([job], hidden)
-            job.generator = seeded_generator(job.sampling.seed, self.device)
-        except Exception as exc:
-            self._settle(job, exc)
+        """Queue the job's prompt for prefill, from the longest prefix the radix cache holds
+        (at least one token is computed, for its logits)."""
+        ids = job.prompt_ids
+        if len(ids) >= self.max_context:
+            error = f"the prompt has {len(ids)} tokens; the model's context is {self.max_context}"
+            self._settle(job, ValueError(error))
             return
-        self._join(job, cache)
+        hit, kv = self.radix.match(ids)
+        job.cached_tokens = hit = min(hit, len(ids) - 1)
+        pending = Pending(ids, hit, [(k[:, :hit], v[:, :hit]) for k, v in kv] if hit else [])
+        self._prefilling[pending] = job
+
+    def _prefill_step(self) -> None:
+        """The next chunks of the waiting prompts, in one pass; finished ones join the batch."""
+        for pending, job in list(self._prefilling.items()):
+            if job.cancelled:
+                del self._prefilling[pending]
+                self._settle(job, None)
+        if not self._prefilling:
+            return
+        try:
+            finished = chunk_pass(
+                self.decoder, self._cache_arg, list(self._prefilling), PREFILL_BUDGET
+            )
+        except Exception as exc:  # fails the prompts in prefill, not the decoding rows
+            jobs, self._prefilling = list(self._prefilling.values()), {}
+            for job in jobs:
+                self._settle(job, exc)
+            return
+        if not finished:
+            return
+        jobs = [self._prefilling.pop(pending) for pending, _ in finished]
+        for (pending, _), job in zip(finished, jobs, strict=True):
+            self.radix.record(job.cached_tokens, len(pending.ids) - job.cached_tokens)
+            self.radix.insert(pending.ids, pending.kv)
+            job.generator = seeded_generator(job.sampling.seed, self.device)
+        self._next_logits(jobs, torch.stack([hidden for _, hidden in finished]))
+        for (pending, _), job in zip(finished, jobs, strict=True):
+            cache = growing_cache()
+            for layer, (keys, values) in enumerate(pending.kv):
+                cache.update(keys[None], values[None], layer)
+            self._join(job, cache)
 
     def prefill(self, ids: list[int], keep: int) -> tuple[DynamicCache, torch.Tensor, int]:
-        """Run `ids` through the model, reusing the longest cached prefix (at least one token
-        is always computed, for its logits). Returns the cache, the last `keep` positions'
-        final hidden states and how many tokens came from the radix cache."""
+        """Run `ids` through the model in one pass (for scoring), reusing the longest cached
+        prefix (at least `keep` tokens are computed). Returns the cache, the last `keep`
+        positions' final hidden states and how many tokens came from the radix cache."""
         hit, kv = self.radix.match(ids)
         hit = min(hit, len(ids) - keep)
         cache = growing_cache()
@@ -451,7 +500,8 @@ class Engine:
 
     def _fail_all(self, exc: BaseException) -> None:
         jobs = (self._batch.jobs if self._batch else []) + self._waiting
-        self._batch, self._waiting = None, []
+        jobs += list(self._prefilling.values())
+        self._batch, self._waiting, self._prefilling = None, [], {}
         for job in jobs:
             self._settle(job, None if job.cancelled else exc)
 

@@ -79,19 +79,12 @@ class RadixCache:
     def match(self, ids: Sequence[int]) -> tuple[int, list[LayerKV]]:
         """The longest cached prefix of `ids`: its length and its KV (concatenated per layer,
         `[heads, length, head_dim]`; empty list when nothing matched)."""
-        node, length, pieces = self._root, 0, []
         now = next(_clock)
-        while length < len(ids):
-            child = node.children.get(ids[length])
-            if child is None:
-                break
-            common = _common_length(child.ids, ids[length:])
+        walked = self._walk(ids)
+        for child, _ in walked:
             child.last_used = now
-            pieces.append([(k[:, :common], v[:, :common]) for k, v in child.kv])
-            length += common
-            if common < len(child.ids):
-                break
-            node = child
+        pieces = [[(k[:, :common], v[:, :common]) for k, v in child.kv] for child, common in walked]
+        length = sum(common for _, common in walked)
         if not pieces:
             return 0, []
         layers = len(pieces[0])
@@ -103,6 +96,25 @@ class RadixCache:
             for layer in range(layers)
         ]
         return length, kv
+
+    def prefix_length(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` the tree holds (a lookup that copies nothing)."""
+        return sum(common for _, common in self._walk(ids))
+
+    def _walk(self, ids: Sequence[int]) -> list[tuple[_Node, int]]:
+        """The edges `ids` follows from the root, each with how many of its tokens match."""
+        node, length, walked = self._root, 0, []
+        while length < len(ids):
+            child = node.children.get(ids[length])
+            if child is None:
+                break
+            common = common_length(child.ids, ids[length:])
+            walked.append((child, common))
+            length += common
+            if common < len(child.ids):
+                break
+            node = child
+        return walked
 
     def record(self, hit: int, computed: int) -> None:
         self.stats.lookups += 1
@@ -129,7 +141,7 @@ class RadixCache:
                 node.children[rest[0]] = leaf
                 self._tokens += len(rest)
                 break
-            common = _common_length(child.ids, ids[length:])
+            common = common_length(child.ids, ids[length:])
             child.last_used = now
             if common < len(child.ids):
                 child = child.split(common)
@@ -161,7 +173,7 @@ class RadixCache:
         return out
 
 
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
