@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lmprog.cache_report import CacheReport
 
 if TYPE_CHECKING:
-    from lmprog.executor import Execution
+    from lmprog.execution import Execution
     from lmprog.state import ProgramState
 
 MAX_VALUE_CHARS = 300

@@ -17,7 +17,7 @@ from lmprog import loop, prefix_lint
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.errors import BatchError, BatchInterrupted, LmprogError, LocalNotInstalledError
-from lmprog.executor import Execution
+from lmprog.execution import Execution
 from lmprog.global_config import global_config, plug_default_backend
 from lmprog.ir import SAMPLING_NAMES, SamplingParams
 from lmprog.mcp import scope as mcp_scope

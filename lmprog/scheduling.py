@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from lmprog.backends.base import Backend, GenerateRequest, Generation, TextCallback, WrappedBackend
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import LmprogError
-from lmprog.executor import WARM_PREFIX_CHARS
+from lmprog.execution import WARM_PREFIX_CHARS
 from lmprog.global_config import global_config
 from lmprog.prefix import PrefixIndex, common_prefix_length
 

@@ -16,7 +16,7 @@ from lmprog import loop
 from lmprog.cache_report import CacheReport
 from lmprog.display import batch_html, state_html
 from lmprog.errors import LmprogError, ProgramError
-from lmprog.executor import Chunk, Execution
+from lmprog.execution import Chunk, Execution
 from lmprog.ir import Node, Role, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd, as_node
 from lmprog.partial import partial_reader
 from lmprog.prefix_lint import caller_origin

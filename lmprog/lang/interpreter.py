@@ -11,7 +11,7 @@ from lmprog.state import ProgramState
 __all__ = ["ProgramState", "ProgramStateGroup"]
 
 _MISSING = {
-    "StreamExecutor": "a state's execution is internal (lmprog.executor.Execution); drive "
+    "StreamExecutor": "a state's execution is internal (lmprog.execution.Execution); drive "
     "programs through Program.run / ProgramState",
     "run_program": "use Program.run(...)",
     "run_program_batch": "use Program.run_batch(...)",

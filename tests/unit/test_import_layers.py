@@ -55,7 +55,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.cache_report",
             "lmprog.prefix_lint",
             "lmprog.display",
-            "lmprog.executor",
+            "lmprog.execution",
             "lmprog.mcp",
         ),
     ),
@@ -132,8 +132,8 @@ def test_every_module_imports_only_its_own_layer_or_lower() -> None:
 
 def test_the_check_sees_an_upward_import() -> None:
     """The test above could pass by reading nothing: make sure it finds real imports."""
-    executor = run_time_imports(PACKAGE / "executor.py")
-    assert "lmprog.backends.base" in executor
+    execution = run_time_imports(PACKAGE / "execution" / "core.py")
+    assert "lmprog.backends.base" in execution
     assert layer_of("lmprog.program") > layer_of("lmprog.backends.openai")
     with pytest.raises(AssertionError, match="in no layer"):
         layer_of("lmprog.unlisted_module")
