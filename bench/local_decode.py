@@ -5,6 +5,7 @@ Each request has a short prompt already in the radix cache (a warm-up run puts i
 the time is decoding. Median of `--repeat` runs.
 
     .venv/bin/python bench/local_decode.py [--model PATH] [--device cuda] [--dtype bfloat16]
+        [--weights auto|packed|float32]
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or .gguf (default: Gemma)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (lp.Local's default)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--weights", default="auto", choices=["auto", "packed", "float32"])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    backend = lp.Local(args.model, device=args.device, dtype=dtype)
+    backend = lp.Local(args.model, device=args.device, dtype=dtype, weights=args.weights)
     backend.load()
-    print(f"lp.Local on {backend.device} in {backend.dtype}, {args.tokens} tokens per request")
+    print(
+        f"lp.Local on {backend.device} in {backend.dtype}, {backend.weights} weights, "
+        f"{args.tokens} tokens per request"
+    )
     print("\n| decoding | tokens/s | tokens/s per request |\n| --- | --- | --- |")
     for batch in (int(b) for b in args.batches.split(",")):
         speed = local_speed(backend, batch, args.tokens, args.repeat)

@@ -6,7 +6,7 @@ At batch 1 most of a decode step is reading the head (Gemma 3 270M: 262k rows, ~
 tokens (a select, a digit, JSON punctuation) only those rows are multiplied. On a CPU with
 fbgemm the full head can be an int8 copy (a quarter of float32's bytes): its best
 `RESCORED` candidates per row are then recomputed exactly from the float weights, so greedy
-picks are those of the float head unless the best token is outside the int8 scan's top 32,
+picks are those of the float head unless the best token is outside the int8 scan's top 64,
 and only the far tail of the distribution carries int8 rounding.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-RESCORED = 32  # candidates per row that the int8 scan hands to the exact float rows
+RESCORED = 64  # candidates per row that the int8 scan hands to the exact float rows
 
 
 class OutputHead:
