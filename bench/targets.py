@@ -168,7 +168,7 @@ def local(threads: int = 1) -> Target:
     backend.load()
     return Target(
         "local",
-        f"lp.Local, Gemma 3 270M float32, in process, {threads} thread(s)",
+        f"lp.Local, Gemma 3 270M ({backend.weights} weights), in process, {threads} thread(s)",
         "",
         None,
         "gemma",
