@@ -5,6 +5,6 @@ more to do than append text has a module of its own: `turns`, `gen`, `select`, `
 `thinking`, and `request`, through which they all send.
 """
 
-from lmprog.execution.core import WARM_PREFIX_CHARS, Chunk, Execution, describe
+from lmprog.execution.core import WARM_PREFIX_CHARS, Chunk, Execution
 
-__all__ = ["WARM_PREFIX_CHARS", "Chunk", "Execution", "describe"]
+__all__ = ["WARM_PREFIX_CHARS", "Chunk", "Execution"]

@@ -1,9 +1,10 @@
 """The decode loop of lp.Local: one thread that owns the model and its radix KV cache.
 
 Requests from every program (forks and batch items included) are queued to this thread. Each
-is prefilled on its own, reusing the longest prefix the radix cache holds, then joins a running
-batch: all active requests decode together, one forward pass per step, with left padding and an
-attention mask. A finished request's KV goes back into the cache, so the next call of the same
+prompt is prefilled from the longest prefix the radix cache holds, in chunks computed between
+decode steps, several prompts in one pass (prefill.py); then it joins a running batch: all
+active requests decode together, one forward pass per step, with left padding and an attention
+mask. A finished request's KV goes back into the cache, so the next call of the same
 program starts where this one stopped. torch releases the GIL inside its kernels, so the event
 loop that runs the programs stays responsive while the model computes.
 """
@@ -116,7 +117,6 @@ class Engine:
         max_batch_size: int,
         max_context: int,
     ) -> None:
-        self.model = model
         self.head = head
         self.decoder: torch.nn.Module = model.get_decoder()  # type: ignore[operator]
         self.eos_token_ids = eos_token_ids
@@ -527,7 +527,8 @@ def _rows(cache: DynamicCache, row: int, pad: int) -> list[LayerKV]:
 
 
 def _layers(cache: DynamicCache) -> list[Any]:
-    """The cache's layers. Ours are made without a model config, so every one is a plain
-    DynamicLayer with `keys`/`values` of `[batch, heads, tokens, head_dim]`: even sliding-window
-    layers keep every token, which is what lets the radix tree hold whole prefixes."""
+    """The cache's layers. Ours are made without a model config, so every one is a
+    GrowingLayer (kvcache.py) with `keys`/`values` of `[batch, heads, tokens, head_dim]`: even
+    sliding-window layers keep every token, which is what lets the radix tree hold whole
+    prefixes."""
     return list(cache.layers)

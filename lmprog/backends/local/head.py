@@ -37,10 +37,10 @@ class OutputHead:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> float32 [rows, vocab]."""
-        hidden = hidden.float() if self._packed is not None else hidden
         if self._packed is None:
             out = torch.nn.functional.linear(hidden, self.weight, self.bias).float()
         else:
+            hidden = hidden.float()  # fbgemm takes float32 activations
             out = torch.ops.quantized.linear_dynamic(hidden, self._packed, True)
             best = out.topk(min(RESCORED, out.shape[-1]), dim=-1).indices
             out.scatter_(1, best, self._exact(hidden, best))
