@@ -56,6 +56,7 @@ class Budget:
 
     @property
     def cost_limit(self) -> Cost | None:
+        """`max_cost` as a Cost in `currency` (None: no money limit)."""
         return None if self.max_cost is None else Cost(Decimal(self.max_cost), self.currency)
 
 

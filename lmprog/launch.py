@@ -89,7 +89,9 @@ class Runtime(WrappedBackend):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         shown = f", {self.model.name!r}" if self.model else ""
-        self.name = f"lp.Runtime({engine!r}{shown}{f', replicas={replicas}' * (replicas > 1)})"
+        if replicas > 1:
+            shown += f", replicas={replicas}"
+        self.name = f"lp.Runtime({engine!r}{shown})"
         self._workers: list[Runtime] = []  # the servers behind the router, with replicas=N
         try:
             if replicas > 1:

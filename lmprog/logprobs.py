@@ -23,6 +23,7 @@ class TokenLogprob(NamedTuple):
 
 
 def token_logprob(entry: dict[str, Any]) -> TokenLogprob:
+    """One backend entry (`logprob`, `id`, `token`) as SGLang's tuple."""
     return TokenLogprob(float(entry["logprob"]), entry.get("id"), entry.get("token"))
 
 

@@ -92,6 +92,8 @@ class Price:
         object.__setattr__(self, "currency", currency.upper())
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Cost:
+        """What one request's tokens cost (`cached_tokens` of its prompt tokens at the cached
+        rate)."""
         cached_rate = self.input if self.cached_input is None else self.cached_input
         total = (
             (prompt_tokens - cached_tokens) * self.input

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextvars
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -149,7 +149,7 @@ class Routing:
             headers["traceparent"] = self.traceparent
         return headers
 
-    def observe(self, answered: Any) -> None:
+    def observe(self, answered: Mapping[str, str]) -> None:
         """Keep the session token a router answered with (`answered`: the reply's headers)."""
         token = answered.get(SESSION_TOKEN_HEADER)
         if token:

@@ -103,6 +103,7 @@ class MCPTools:
 
     @property
     def names(self) -> list[str]:
+        """The server's tool names, in the order it lists them."""
         return [spec.name for spec in self.tool_specs()]
 
     def __iter__(self) -> Iterator[ToolSpec]:
