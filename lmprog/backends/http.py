@@ -131,15 +131,24 @@ class JsonClient:
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
         """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
         json.loads reads the bytes as they are, without aiohttp's charset detection."""
-        routing = current_routing()
         with self._transport_errors(path):
-            headers = routing.headers() if routing else None
-            async with self._http().request(
-                method, self.base_url + path, data=data, headers=headers
-            ) as response:
-                if routing is not None:
-                    routing.observe(response.headers)
+            async with self._routed(method, path, data) as response:
                 return response.status, response.headers, await response.read()
+
+    @contextlib.asynccontextmanager
+    async def _routed(
+        self, method: str, path: str, data: bytes | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request carrying the sending program's routing headers (lmprog.backends.base
+        .Routing), keeping the session token a router answers with."""
+        routing = current_routing()
+        headers = routing.headers() if routing else None
+        async with self._http().request(
+            method, self.base_url + path, data=data, headers=headers
+        ) as response:
+            if routing is not None:
+                routing.observe(response.headers)
+            yield response
 
     @contextlib.contextmanager
     def _transport_errors(self, path: str) -> Iterator[None]:
@@ -186,15 +195,8 @@ class JsonClient:
             attempt += 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        routing = current_routing()
         with self._transport_errors(path):
-            async with self._http().post(
-                self.base_url + path,
-                data=json.dumps(body).encode(),
-                headers=routing.headers() if routing else None,
-            ) as response:
-                if routing is not None:
-                    routing.observe(response.headers)
+            async with self._routed("POST", path, json.dumps(body).encode()) as response:
                 if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise self._status_error(response.status, text, path)
