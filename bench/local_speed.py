@@ -7,6 +7,10 @@ then the next's), so a machine that other work slows affects every engine alike;
 is reported, with the machine's load.
 
     .venv/bin/python bench/local_speed.py [--threads 1] [--repeat 3] [--tokens 64]
+        [--transformers-layers]
+
+`--transformers-layers` adds lp.Local packed running transformers' Gemma 3 modeling code
+instead of lp.Local's lean pass (lmprog/backends/local/gemma3.py), to measure what it saves.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batches", default="1,4,16")
+    parser.add_argument("--transformers-layers", action="store_true")
     args = parser.parse_args()
     warnings.simplefilter("ignore", lp.PrefixOrderWarning)  # the prefill prompts differ on purpose
     torch.set_num_threads(args.threads)
@@ -101,6 +107,10 @@ def main() -> None:
     }
     for backend in engines.values():
         if isinstance(backend, lp.Local):
+            backend.load()
+    if args.transformers_layers:
+        backend = engines["lp.Local packed, transformers' layers"] = lp.Local(weights="packed")
+        with mock.patch("lmprog.backends.local.forward.lean_forward", lambda _model: None):
             backend.load()
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
 

@@ -11,6 +11,7 @@ import torch
 from support.models import tiny_model_dir
 from transformers import AutoModelForCausalLM
 
+from lmprog.backends.local.forward import TransformersForward
 from lmprog.backends.local.kvcache import growing_cache
 from lmprog.backends.local.prefill import Pending, chunk_pass
 
@@ -43,7 +44,8 @@ def test_chunks_of_several_prompts_equal_one_pass_each(decoder: Any, budget: int
     with torch.inference_mode():
         while any(not row.finished for row in rows):
             waiting = [row for row in rows if not row.finished]
-            for row, hidden in chunk_pass(decoder, "cache", waiting, budget):
+            passes = chunk_pass(TransformersForward(decoder), waiting, budget, torch.device("cpu"))
+            for row, hidden in passes:
                 last[rows.index(row)] = hidden
     for i, (row, (kv, hidden)) in enumerate(zip(rows, plain, strict=True)):
         assert torch.allclose(last[i], hidden[-1], atol=1e-4), i

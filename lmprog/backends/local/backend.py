@@ -25,6 +25,7 @@ try:  # the `local` extra
     import torch
 
     from lmprog.backends.local.engine import Engine, GenerationResult, Job
+    from lmprog.backends.local.forward import model_forward
     from lmprog.backends.local.head import OutputHead
     from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
     from lmprog.backends.local.packing import WeightForm, pack_layers, resolve_form
@@ -127,11 +128,12 @@ class Local(Backend):
             raise LmprogError(f"{self.name} cannot load the model in {files.path}: {exc}") from exc
         model.to(self.device).eval()
         packed = self.weights == "packed"
+        forward = model_forward(model)  # the engine keeps this and the head, not the model
         if packed:
-            pack_layers(model, model.get_output_embeddings())
+            pack_layers(forward, model.get_output_embeddings())
         config = model.config.get_text_config()
         engine = Engine(
-            model,
+            forward,
             OutputHead(model, int8=packed),
             eos_token_ids=files.eos_token_ids,
             detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
@@ -139,6 +141,7 @@ class Local(Backend):
             cache_tokens=self._cache_bytes // _kv_bytes_per_token(config, self.dtype),
             max_batch_size=self._max_batch_size,
             max_context=int(getattr(config, "max_position_embeddings", 8192)),
+            device=self.device,
         )
         vocab_size = int(model.get_output_embeddings().weight.shape[0])
         return _Loaded(files, tokenizer, engine, vocab_size)

@@ -12,7 +12,6 @@ loop that runs the programs stays responsive while the model computes.
 from __future__ import annotations
 
 import atexit
-import inspect
 import queue
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
+from lmprog.backends.local.forward import Forward
 from lmprog.backends.local.head import OutputHead
 from lmprog.backends.local.kvcache import growing_cache
 from lmprog.backends.local.prefill import Pending, chunk_pass
@@ -107,7 +107,7 @@ class Engine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        forward: Forward,
         head: OutputHead,
         *,
         eos_token_ids: tuple[int, ...],
@@ -116,17 +116,17 @@ class Engine:
         cache_tokens: int,
         max_batch_size: int,
         max_context: int,
+        device: torch.device,
     ) -> None:
+        self.forward = forward
         self.head = head
-        self.decoder: torch.nn.Module = model.get_decoder()  # type: ignore[operator]
         self.eos_token_ids = eos_token_ids
         self.detokenize = detokenize
         self.token_text = token_text
         self.radix = RadixCache(cache_tokens)
         self.max_batch_size = max_batch_size
         self.max_context = max_context
-        self.device = next(model.parameters()).device
-        self._cache_arg = _cache_argument(self.decoder)
+        self.device = device
         self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._waiting: list[Job] = []
         self._prefilling: dict[Pending, Job] = {}  # in arrival order
@@ -231,7 +231,7 @@ class Engine:
             return
         try:
             finished = chunk_pass(
-                self.decoder, self._cache_arg, list(self._prefilling), PREFILL_BUDGET
+                self.forward, list(self._prefilling), PREFILL_BUDGET, self.device
             )
         except Exception as exc:  # fails the prompts in prefill, not the decoding rows
             jobs, self._prefilling = list(self._prefilling.values()), {}
@@ -263,12 +263,10 @@ class Engine:
             cache.update(keys[None, :, :hit], values[None, :, :hit], layer)
         new = torch.tensor([ids[hit:]], device=self.device)
         positions = torch.arange(hit, len(ids), device=self.device)[None]
-        out = self.decoder(
-            input_ids=new, position_ids=positions, use_cache=True, **{self._cache_arg: cache}
-        )
+        hidden = self.forward(new, positions, cache)
         self.radix.record(hit, len(ids) - hit)
         self.radix.insert(ids, _rows(cache, 0, 0))
-        return cache, out.last_hidden_state[0, -keep:], hit
+        return cache, hidden[0, -keep:], hit
 
     def score(self, context: list[int], target: list[int]) -> list[float]:
         """Log-probability of each token of `target` following `context` (non-empty)."""
@@ -458,22 +456,16 @@ class Engine:
         """Feed each row its newest token; every row gets its next logits."""
         width = batch.width
         tokens = torch.tensor([[job.generated[-1]] for job in batch.jobs], device=self.device)
-        mask = None  # no padding: transformers' causal path, without building a 4D mask
+        valid = None  # no padding: the plain causal path, without building a mask
         if any(batch.pads):
             pads = torch.tensor(batch.pads, dtype=torch.long, device=self.device)
             columns = torch.arange(width + 1, device=self.device)
-            mask = (columns[None, :] >= pads[:, None]).long()  # 0 on each row's left padding
+            valid = columns[None, :] >= pads[:, None]  # False on each row's left padding
         positions = torch.tensor(
             [[width - pad] for pad in batch.pads], dtype=torch.long, device=self.device
         )
-        out = self.decoder(
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_arg: batch.cache},
-        )
-        self._next_logits(batch.jobs, out.last_hidden_state[:, -1])
+        hidden = self.forward(tokens, positions, batch.cache, valid)
+        self._next_logits(batch.jobs, hidden[:, -1])
 
     def _next_logits(self, jobs: list[Job], hidden: torch.Tensor) -> None:
         """Each job's next-token logits (and mask) from its row of `hidden` ([rows, hidden]).
@@ -504,13 +496,6 @@ class Engine:
         self._batch, self._waiting, self._prefilling = None, [], {}
         for job in jobs:
             self._settle(job, None if job.cancelled else exc)
-
-
-def _cache_argument(model: torch.nn.Module) -> str:
-    """The forward argument that takes the KV cache: `cache` in recent transformers (5.25 has
-    it, and warns that `past_key_values` is deprecated), `past_key_values` in older ones."""
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _pad_left(tensor: torch.Tensor, amount: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lmprog.backends.local.forward import Forward
 from lmprog.backends.local.kvcache import growing_cache
 from lmprog.backends.local.radix import LayerKV
 
@@ -36,7 +37,7 @@ class Pending:
 
 
 def chunk_pass(
-    decoder: Any, cache_arg: str, rows: list[Pending], budget: int
+    forward: Forward, rows: list[Pending], budget: int, device: torch.device
 ) -> list[tuple[Pending, torch.Tensor]]:
     """Compute the next chunks of `rows` (in order, `budget` tokens in all, every row at least
     one) in one forward pass. Advances each row; returns the rows that finished, each with its
@@ -51,7 +52,6 @@ def chunk_pass(
     rows = rows[: len(chunks)]
     past = max(row.done for row in rows)
     width = max(len(chunk) for chunk in chunks)
-    device = next(decoder.parameters()).device
     cache = growing_cache()
     template = next((row.kv for row in rows if row.kv), None)
     if past and template is not None:
@@ -65,27 +65,21 @@ def chunk_pass(
     positions = torch.tensor(
         [[row.done + j for j in range(width)] for row in rows], dtype=torch.long, device=device
     )
-    mask = None
+    valid = None
     padded = [row.done != past or len(c) != width for row, c in zip(rows, chunks, strict=True)]
     if any(padded):
         columns = torch.arange(past + width, device=device)[None, :]
         starts = torch.tensor([past - row.done for row in rows], device=device)[:, None]
         ends = torch.tensor([past + len(c) for c in chunks], device=device)[:, None]
-        mask = ((columns >= starts) & (columns < ends)).long()
-    out = decoder(
-        input_ids=tokens,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=True,
-        **{cache_arg: cache},
-    )
+        valid = (columns >= starts) & (columns < ends)
+    hidden = forward(tokens, positions, cache, valid)
     finished = []
     for i, (row, chunk) in enumerate(zip(rows, chunks, strict=True)):
         start, end = past - row.done, past + len(chunk)
         row.kv = [(k[i, :, start:end], v[i, :, start:end]) for k, v in _layer_kv(cache)]
         row.done += len(chunk)
         if row.finished:
-            finished.append((row, out.last_hidden_state[i, len(chunk) - 1]))
+            finished.append((row, hidden[i, len(chunk) - 1]))
     return finished
 
 
