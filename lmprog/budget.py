@@ -52,6 +52,10 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_cost is not None:
             object.__setattr__(self, "max_cost", money(self.max_cost, "Budget(max_cost=...)"))
+        if not self.currency or not self.currency.isalpha():
+            raise ValueError(
+                f"Budget(currency=...) must be a code like 'USD', got {self.currency!r}"
+            )
         object.__setattr__(self, "currency", self.currency.upper())
 
     @property

@@ -78,6 +78,15 @@ class Runtime(WrappedBackend):
             raise TypeError("lp.Runtime needs an engine and a model: Runtime(engine, model)")
         if launch_timeout is not None:
             startup_timeout = launch_timeout
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(
+                f"lp.Runtime(replicas=...) must be a whole number >= 1, got {replicas!r}"
+            )
+        if replicas > 1 and engine == router.ENGINE:
+            raise ValueError(
+                "replicas= starts engine workers behind the router: give the engine, e.g. "
+                'lp.Runtime("llama.cpp", model, replicas=2)'
+            )
         launchers = {d.engine: d.launch for d in SERVERS if d.engine and d.launch}
         recipe = launchers.get(engine)
         if recipe is None:

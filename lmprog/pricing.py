@@ -9,6 +9,7 @@ genai-prices is imported on the first table lookup, not with lmprog (it takes a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -127,12 +128,21 @@ def table_price(model: str, api_url: str) -> TablePrice:
     """The price table's entry for `model` at `api_url`. LookupError when it has none, as for
     any server that is not a known provider's API: a self-hosted model is never priced as the
     hosted one that shares its name."""
-    price = TablePrice(model, api_url)
+    missing = _missing_from_table(model, api_url)
+    if missing is not None:
+        raise LookupError(missing)
+    return TablePrice(model, api_url)
+
+
+@functools.lru_cache(maxsize=256)
+def _missing_from_table(model: str, api_url: str) -> str | None:
+    """Why the table has no price for `model` at `api_url` (None: it has one). Asked once per
+    pair: every request of an unpriced backend asks again."""
     try:
-        price.cost(0, 0, 0)  # finds the provider and the model, or says which it lacks
+        TablePrice(model, api_url).cost(0, 0, 0)  # finds the provider and the model, or says
     except LookupError as exc:
-        raise LookupError(f"genai-prices has no price for {model!r} at {api_url} ({exc})") from None
-    return price
+        return f"genai-prices has no price for {model!r} at {api_url} ({exc})"
+    return None
 
 
 def _significant(amount: Decimal, digits: int = 6) -> str:

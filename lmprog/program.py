@@ -357,6 +357,11 @@ def function(
     API speculative execution (lmprog/speculation.py)."""
     spec_tokens = defaults.pop("num_api_spec_tokens", None)
     spec_tokens = defaults.pop("api_num_spec_tokens", None) or spec_tokens  # older spelling
+    if spec_tokens is not None and (not isinstance(spec_tokens, int) or spec_tokens < 0):
+        raise TypeError(
+            f"@lp.function(num_api_spec_tokens=...) must be a whole number of tokens, "
+            f"got {spec_tokens!r}"
+        )
     unknown = set(defaults) - SAMPLING_NAMES
     if unknown:
         raise TypeError(

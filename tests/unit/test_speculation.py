@@ -5,6 +5,8 @@ request of their own. The real-engine tests are in tests/integration/test_sglang
 
 from __future__ import annotations
 
+import pytest
+
 import lmprog as lp
 from lmprog.testing import ScriptedBackend
 
@@ -91,3 +93,10 @@ def test_forks_speculate_on_their_own() -> None:
     state = branches.run(backend=backend)
     assert len(backend.requests) == 3  # one per branch, one after the join
     assert state["again"] == " Ada"
+
+
+def test_a_bad_token_count_is_refused_at_definition() -> None:
+    with pytest.raises(TypeError, match="num_api_spec_tokens"):
+        lp.function(num_api_spec_tokens="64")(character)
+    with pytest.raises(TypeError, match="num_api_spec_tokens"):
+        lp.function(num_api_spec_tokens=-1)(character)
