@@ -280,10 +280,10 @@ class Program:
     ) -> None:
         execution = state._execution
         tool_scope = mcp_scope.current()  # a batch's, shared; else this run's own
-        own_scope = tool_scope is None
+        entered = None
         if tool_scope is None:
             tool_scope = mcp_scope.SessionScope()
-            mcp_scope.enter(tool_scope)
+            entered = mcp_scope.enter(tool_scope)
         body = mcp_scope.bound(tool_scope, lambda s: self.func(s, *args, **kwargs))
         try:
             state._ret_value = await loop.run_body(body, state)
@@ -300,7 +300,8 @@ class Program:
                 print(execution.text)
         finally:
             execution.mark_finished()
-            if own_scope:
+            if entered is not None:
+                mcp_scope.leave(entered)
                 await tool_scope.aclose()  # the run's MCP sessions (lp.mcp_tools)
 
     def __repr__(self) -> str:
