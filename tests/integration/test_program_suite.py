@@ -221,7 +221,7 @@ def test_logprobs_on_request(backend: lp.Backend) -> None:
     meta = prog.run(backend=backend).get_meta_info("v")
     assert len(meta["output_token_logprobs"]) == meta["output_token_logprobs_length"] == 3
     assert all(logprob <= 0 for logprob, _, _ in meta["output_token_logprobs"])
-    assert all(text for _, _, text in meta["output_token_logprobs"])
+    assert all(isinstance(text, str) for _, _, text in meta["output_token_logprobs"])
     top = meta["output_top_logprobs"]
     assert [len(position) for position in top] == [2, 2, 2]
     assert top[0][0].logprob >= top[0][1].logprob
