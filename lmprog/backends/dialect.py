@@ -10,8 +10,10 @@ declared by the server's own module; lp.OpenAI looks it up instead of branching 
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lmprog.backends.base import Capabilities, GenerateRequest, ToolCallParsing
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
+from lmprog.errors import LmprogError
 from lmprog.ir import SamplingParams
 from lmprog.templates import ChatTemplate
 
@@ -84,6 +87,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def find_binary(name: str, env_var: str, places: Iterable[Path], missing: str) -> Path:
+    """An engine's program for lp.Runtime: $`env_var`, else the first of `places` that exists,
+    else `name` on PATH; else an error saying how to get one (`missing`)."""
+    given = os.environ.get(env_var)
+    if given:
+        return Path(given)
+    for place in places:
+        if place.is_file():
+            return place
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path)
+    raise LmprogError(f"{missing}, or set {env_var} to an existing binary")
 
 
 def engine_flags(engine_args: dict[str, Any]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,12 @@ from lmprog.backends.dialect import (
     Probe,
     Server,
     engine_flags,
+    find_binary,
 )
 from lmprog.backends.http import JsonClient, Secret
 from lmprog.choices import ALL_METHODS, ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
-from lmprog.errors import BackendError, BackendResponseError, LmprogError, UnsupportedFeatureError
+from lmprog.errors import BackendError, BackendResponseError, UnsupportedFeatureError
 from lmprog.gbnf import choices_to_gbnf, regex_to_gbnf
 from lmprog.paths import cache_dir
 from lmprog.prefix import split_choice
@@ -332,18 +332,12 @@ def constraint_fields(constraint: Constraint) -> dict[str, Any]:
 
 def llama_server_binary() -> Path:
     """$LMPROG_LLAMA_SERVER, else the newest build in the cache, else `llama-server` on PATH."""
-    given = os.environ.get("LMPROG_LLAMA_SERVER")
-    if given:
-        return Path(given)
-    built = sorted(cache_dir().glob("llama.cpp/*/bin/llama-server"))
-    if built:
-        return built[-1]
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path)
-    raise LmprogError(
+    return find_binary(
+        "llama-server",
+        "LMPROG_LLAMA_SERVER",
+        sorted(cache_dir().glob("llama.cpp/*/bin/llama-server"))[-1:],
         "no llama-server binary: build one with `bash backends/llamacpp/build.sh` (from the "
-        "lmprog repository), or set LMPROG_LLAMA_SERVER to an existing binary"
+        "lmprog repository)",
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from lmprog.backends.dialect import (
     LaunchSpec,
     Probe,
     engine_flags,
+    find_binary,
     free_port,
 )
 from lmprog.backends.openai import OpenAI
@@ -239,18 +239,11 @@ BEHIND_ROUTER = {"llamacpp": _behind_router(llamacpp.DIALECT)}
 
 def smg_binary() -> Path:
     """$LMPROG_SMG, else the `smg` installed beside this Python, else `smg` on PATH."""
-    given = os.environ.get("LMPROG_SMG")
-    if given:
-        return Path(given)
-    beside = Path(sys.executable).parent / "smg"
-    if beside.is_file():
-        return beside
-    on_path = shutil.which("smg")
-    if on_path:
-        return Path(on_path)
-    raise LmprogError(
-        "no `smg` binary (SGLang's router): pip install 'lmprog[router]' (PyPI sglang-router), "
-        "or set LMPROG_SMG to an existing binary"
+    return find_binary(
+        "smg",
+        "LMPROG_SMG",
+        [Path(sys.executable).parent / "smg"],
+        "no `smg` binary (SGLang's router): pip install 'lmprog[router]' (PyPI sglang-router)",
     )
 
 
