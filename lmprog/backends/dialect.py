@@ -149,6 +149,9 @@ class Dialect:
     # may take `tools` on chat requests and answer with parsed `tool_calls` (gen(tools=...)'s
     # native path); tool_calls() says whether it does now
     native_tools: bool = False
+    # whether one that may parses calls: "if configured" where that depends on how it was
+    # started and its API does not tell (vLLM's and SGLang's --tool-call-parser)
+    parses_tools: ToolCallParsing = "yes"
 
     def capabilities(self, chat: bool) -> Capabilities:
         scoring = {"token_length_normalized", "greedy_token_selection"}
@@ -181,8 +184,9 @@ class Dialect:
         return None
 
     async def tool_calls(self, server: Server) -> ToolCallParsing:
-        """Whether this server parses tool calls (by default what `native_tools` says)."""
-        return "yes" if self.native_tools else "no"
+        """Whether this server parses tool calls (by default what `native_tools` and
+        `parses_tools` say; a server that can be asked overrides this)."""
+        return self.parses_tools if self.native_tools else "no"
 
     async def score_choices(
         self,

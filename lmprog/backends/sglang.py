@@ -25,7 +25,6 @@ from lmprog.backends.base import (
     GenerateRequest,
     Generation,
     TextCallback,
-    ToolCallParsing,
 )
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
@@ -34,7 +33,6 @@ from lmprog.backends.dialect import (
     Launch,
     LaunchSpec,
     Probe,
-    Server,
     engine_flags,
 )
 from lmprog.backends.http import JsonClient, Secret
@@ -300,10 +298,6 @@ def _data_url(data: bytes, mime_type: str) -> str:
 
 
 class _SGLangDialect(Dialect):
-    async def tool_calls(self, server: Server) -> ToolCallParsing:
-        """Only when started with --tool-call-parser, which its API does not tell."""
-        return "if configured"
-
     def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
         return constraint_params(constraint)
 
@@ -350,7 +344,8 @@ DIALECT = _SGLangDialect(
     probe=Probe("/get_model_info", _is_sglang),
     env_var="LMPROG_SGLANG_URL",
     native=SGLang,
-    native_tools=True,  # started with --tool-call-parser (see _SGLangDialect.tool_calls)
+    native_tools=True,
+    parses_tools="if configured",  # only when started with --tool-call-parser (its API won't say)
     engine="sglang",
     launch=launch,
 )

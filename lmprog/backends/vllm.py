@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from lmprog.backends.base import GenerateRequest, Generation, TextCallback, ToolCallParsing
+from lmprog.backends.base import GenerateRequest, Generation, TextCallback
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
     SAMPLING_EXTRAS,
@@ -106,11 +106,6 @@ class VLLM(OpenAI):
 
 
 class _VLLMDialect(Dialect):
-    async def tool_calls(self, server: Server) -> ToolCallParsing:
-        """Only when started with a tool-call parser (even "required" needs one, from 0.32 on),
-        which its API does not tell."""
-        return "if configured"
-
     def constraint_fields(self, constraint: Constraint, chat: bool) -> dict[str, Any]:
         if constraint.kind == "regex":
             return {"structured_outputs": {"regex": constraint.pattern}}
@@ -414,7 +409,10 @@ DIALECT = _VLLMDialect(
     env_var="LMPROG_VLLM_URL",
     native=VLLM,
     unconditional_scores=True,
-    native_tools=True,  # started with --tool-call-parser (see _VLLMDialect.tool_calls)
+    native_tools=True,
+    # only when started with a tool-call parser (even "required" needs one, from 0.32 on),
+    # which its API does not tell
+    parses_tools="if configured",
     engine="vllm",
     launch=launch,
 )
