@@ -8,7 +8,7 @@ row, token usage and cost, and `generation_meta` is what `state.get_meta_info(na
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmprog.backends.base import (
     GenerateRequest,
@@ -90,12 +90,17 @@ async def send(
     request: GenerateRequest,
     label: str | None,
     on_text: TextCallback | None = None,
+    *,
+    kind: Literal["gen", "select"] = "gen",
+    span_name: str = "generate",
+    **span_attributes: Any,
 ) -> Generation:
-    """One backend request, recorded as a span and as a row of the cache report."""
+    """One backend request, recorded as a span and as a row of the cache report (`kind`:
+    the primitive it counts for; a select decoded by the engine names its own span)."""
     sampling = request.sampling
     span = execution.tracer.start(
         "request",
-        "generate",
+        span_name,
         execution.span,
         backend=execution.tracer.root.attributes["backend"],
         operation="chat" if execution.backend.capabilities.chat_only else "text_completion",
@@ -104,6 +109,7 @@ async def send(
         top_p=sampling.top_p,
         seed=sampling.seed,
         constrained=request.constraint.kind if request.constraint else None,
+        **span_attributes,
     )
     try:
         with routing(execution, span):
@@ -122,7 +128,7 @@ async def send(
         **cost_attributes(cost),
     )
     execution.requests.append(
-        CacheRow("gen", label, 1, generation.prompt_tokens, generation.cached_tokens, cost)
+        CacheRow(kind, label, 1, generation.prompt_tokens, generation.cached_tokens, cost)
     )
     return generation
 

@@ -6,16 +6,14 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from lmprog.backends.base import GenerateRequest, Generation
-from lmprog.budget import request_cost
+from lmprog.backends.base import GenerateRequest
 from lmprog.cache_report import CacheRow
 from lmprog.choices import ChoiceLogprobs
 from lmprog.constraints import choices_constraint
 from lmprog.errors import ConstraintError
-from lmprog.execution.request import build_request, observe, routing
+from lmprog.execution.request import build_request, observe, routing, send
 from lmprog.execution.thinking import attach_reasoning
 from lmprog.ir import SamplingParams, Select
-from lmprog.usage import token_usage
 
 if TYPE_CHECKING:
     from lmprog.execution.core import Execution
@@ -26,26 +24,10 @@ async def select(execution: Execution, node: Select) -> None:
     started = time.perf_counter()
     context = build_request(execution, execution.defaults)
     observe(execution, node.describe(), context.prompt)
-    span = execution.tracer.start(
-        "request", "score_choices", execution.span,
-        backend=execution.tracer.root.attributes["backend"], choices=len(node.choices),
-    )  # fmt: skip
-    row = CacheRow("select", node.name, 1, None, None)  # scoring: no token counts
-    try:
-        with routing(execution, span):
-            if node.method.decodes:
-                scored, generation = await _decode_choice(execution, context, node)
-                row = CacheRow(
-                    "select", node.name, 1, generation.prompt_tokens,
-                    generation.cached_tokens, request_cost(execution.backend, generation),
-                )  # fmt: skip
-            else:
-                scored = await execution.backend.score_choices(context, node.choices, node.method)
-    except BaseException as exc:
-        span.finish(exc)
-        raise
-    span.finish()
-    execution.requests.append(row)
+    if node.method.decodes:
+        scored = await _decode_choice(execution, context, node)
+    else:
+        scored = await _score(execution, context, node)
     path = scored[0].path if scored else None
     execution.span.attributes.update(
         {"variable": node.name, "constraint": f"one of {len(node.choices)} choices",
@@ -67,9 +49,28 @@ async def select(execution: Execution, node: Select) -> None:
         attach_reasoning(execution, node.name)
 
 
+async def _score(
+    execution: Execution, context: GenerateRequest, node: Select
+) -> list[ChoiceLogprobs]:
+    """The backend scores every choice: a request of its own kind, without token counts."""
+    span = execution.tracer.start(
+        "request", "score_choices", execution.span,
+        backend=execution.tracer.root.attributes["backend"], choices=len(node.choices),
+    )  # fmt: skip
+    try:
+        with routing(execution, span):
+            scored = await execution.backend.score_choices(context, node.choices, node.method)
+    except BaseException as exc:
+        span.finish(exc)
+        raise
+    span.finish()
+    execution.requests.append(CacheRow("select", node.name, 1, None, None))
+    return scored
+
+
 async def _decode_choice(
     execution: Execution, context: GenerateRequest, node: Select
-) -> tuple[list[ChoiceLogprobs], Generation]:
+) -> list[ChoiceLogprobs]:
     """lp.constrained_decoding: one generation under a choice constraint picks the choice."""
     request = dataclasses.replace(
         context,
@@ -79,8 +80,10 @@ async def _decode_choice(
         ),
         constraint=choices_constraint(list(node.choices)),
     )
-    generation = await execution.backend.generate(request)
-    token_usage(execution.backend).add(generation.prompt_tokens, generation.completion_tokens)
+    generation = await send(
+        execution, request, node.name, kind="select", span_name="score_choices",
+        choices=len(node.choices),
+    )  # fmt: skip
     picked = generation.text
     if picked not in node.choices:
         raise ConstraintError(
@@ -92,4 +95,4 @@ async def _decode_choice(
         ChoiceLogprobs(c, (0.0 if c == picked else float("-inf"),), (c,), path=path)
         for c in node.choices
     ]
-    return scored, generation
+    return scored
