@@ -105,7 +105,7 @@ class OpenAI(Backend):
             server = OPENAI_API
         self._dialect: Dialect | None = _dialect_of(server) if server is not None else None
         # Until detection, assume what the most capable servers take; checked again after.
-        self.capabilities = (self._dialect or _BEFORE_DETECTION).capabilities(is_chat_model)
+        self.capabilities = (self._dialect or BEFORE_DETECTION).capabilities(is_chat_model)
         where = f", base_url={self.base_url!r}" if self.base_url else ""
         self.name = f"lp.OpenAI({model!r}{where})"
         self.chat_template_choice = chat_template
@@ -529,7 +529,7 @@ class OpenAI(Backend):
 
 # Before detection: what the most capable servers take, so that a program checks against
 # something; the real capabilities replace these on first use.
-_BEFORE_DETECTION = Dialect(
+BEFORE_DETECTION = Dialect(
     kind="undetected",
     label="a server not yet probed",
     completion_constraints=frozenset({"regex", "json_schema", "choices", "grammar"}),

@@ -12,6 +12,7 @@ key and trace context as headers (lmprog.backends.base.Routing).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
@@ -19,11 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from lmprog import loop
 from lmprog.backends import llamacpp
-from lmprog.backends.base import Backend, WrappedBackend
+from lmprog.backends.base import (
+    Backend,
+    Capabilities,
+    GenerateRequest,
+    Generation,
+    TextCallback,
+    ToolCallParsing,
+    WrappedBackend,
+)
 from lmprog.backends.dialect import (
     ALL_CONSTRAINTS,
     Dialect,
@@ -34,8 +40,10 @@ from lmprog.backends.dialect import (
     find_binary,
     free_port,
 )
-from lmprog.backends.openai import OpenAI
+from lmprog.backends.http import JsonClient, Secret
+from lmprog.backends.openai import BEFORE_DETECTION, OpenAI
 from lmprog.backends.sglang import SGLang
+from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.constraints import Constraint
 from lmprog.errors import (
     BackendError,
@@ -67,7 +75,8 @@ class SGLangRouter(WrappedBackend):
     SGLang workers, lp.OpenAI's completions (chat with `is_chat_model=True`) for the others.
     `workers`: their URLs (by default the router's `/workers` list); `worker_kind`: their
     server kind ("llamacpp", "vllm", "sglang", ...; by default detected at the first worker).
-    The chat template is the one `chat_template=` gives, else the first worker's own.
+    Both are asked on first use, not here. The chat template is the one `chat_template=`
+    gives, else the first worker's own.
     """
 
     def __init__(
@@ -83,32 +92,72 @@ class SGLangRouter(WrappedBackend):
         max_retries: int = 3,
     ) -> None:
         self.url = url.rstrip("/")
-        self.workers = [w.rstrip("/") for w in workers] or _listed_workers(self.url)
+        self.name = f"lp.SGLangRouter({self.url!r})"
+        self.workers = [w.rstrip("/") for w in workers]  # else the router's list, on first use
+        self._worker_kind = worker_kind
+        self._model = model
+        self._is_chat_model = is_chat_model
+        self._chat_template = chat_template
+        self._timeout, self._max_retries = timeout, max_retries
+        self._client = JsonClient(self.url, self.name, ASK_TIMEOUT_S, Secret(None))
+        self._setup_lock: asyncio.Lock | None = None
+        self.worker_dialect: Dialect | None = None
+        self.inner_dialect: Dialect | None = None
+        self._inner: Backend | None = None
+        # Until then, what the most capable workers take: checked again at each request.
+        self._undetected = OpenAI(
+            model or "default",
+            base_url=self.url + "/v1",
+            is_chat_model=is_chat_model,
+            server=BEFORE_DETECTION,
+        )
+        self._direct: list[Backend] = []
+
+    @property
+    def inner(self) -> Backend:  # type: ignore[override]
+        """The backend in the workers' dialect, once set up (lp.OpenAI's undetected before)."""
+        return self._inner or self._undetected
+
+    async def _ready(self) -> Backend:
+        """The workers, their dialect and the backend in it, asked once."""
+        if self._inner is None:
+            self._setup_lock = self._setup_lock or asyncio.Lock()
+            async with self._setup_lock:
+                if self._inner is None:
+                    self._inner = await self._set_up()
+        return self._inner
+
+    async def _set_up(self) -> Backend:
+        if not self.workers:
+            self.workers = await self._listed_workers()
         if not self.workers:
             raise LmprogError(f"the router at {self.url} lists no workers; start them first")
-        dialect = _dialect(worker_kind, self.workers[0])
+        dialect = await _dialect(self._worker_kind, self.workers[0])
         self.worker_dialect = dialect
         dialect = BEHIND_ROUTER.get(dialect.kind, dialect)
         self.inner_dialect = dialect
+        model = self._model
         inner: Backend
-        if dialect.kind == "sglang" and not is_chat_model:
+        if dialect.kind == "sglang" and not self._is_chat_model:
             inner = SGLang(
-                self.url, chat_template=chat_template, timeout=timeout, max_retries=max_retries
+                self.url,
+                chat_template=self._chat_template,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
             )
         else:
             if model is None:
-                model = "default" if dialect.serves_any_model else _served_model(self.workers[0])
+                served = dialect.serves_any_model
+                model = "default" if served else await _served_model(self.workers[0])
             inner = OpenAI(
                 model,
                 base_url=self.url + "/v1",
-                is_chat_model=is_chat_model,
+                is_chat_model=self._is_chat_model,
                 server=dialect,
-                chat_template=chat_template,
-                timeout=timeout,
-                max_retries=max_retries,
+                chat_template=self._chat_template,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
             )
-        super().__init__(inner)
-        self.name = f"lp.SGLangRouter({self.url!r})"
         # The router passes generation on, not a server's own endpoints (llama-server's
         # /props, with its template and slots): the workers are asked directly.
         native = dialect.native
@@ -116,6 +165,7 @@ class SGLangRouter(WrappedBackend):
             native(w) if native else OpenAI(model or "default", base_url=w + "/v1", server=dialect)
             for w in self.workers
         ]
+        return inner
 
     def check_constraint(self, constraint: Constraint | None) -> None:
         """As the inner backend's, with the cause where smg is what stands in the way."""
@@ -130,20 +180,46 @@ class SGLangRouter(WrappedBackend):
             )
         super().check_constraint(constraint)
 
+    async def generate(
+        self, request: GenerateRequest, on_text: TextCallback | None = None
+    ) -> Generation:
+        await self._ready()
+        self.check_constraint(request.constraint)  # again, now that the workers are known
+        return await super().generate(request, on_text)
+
+    async def score_choices(
+        self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
+    ) -> list[ChoiceLogprobs]:
+        return await (await self._ready()).score_choices(context, choices, method)
+
+    async def warm(self, prompt: str) -> None:
+        await (await self._ready()).warm(prompt)
+
+    async def tool_call_parsing(self) -> ToolCallParsing:
+        return await (await self._ready()).tool_call_parsing()
+
+    async def detected_capabilities(self) -> Capabilities:
+        return await (await self._ready()).detected_capabilities()
+
+    async def flush_cache(self) -> None:
+        await (await self._ready()).flush_cache()
+
     async def chat_template(self) -> ChatTemplate:
         if self._template is None:
-            given = self.inner.chat_template_choice is not None
-            self._template = await (self.inner if given else self._direct[0]).chat_template()
+            inner = await self._ready()
+            given = self._chat_template is not None
+            self._template = await (inner if given else self._direct[0]).chat_template()
         return self._template
 
     async def concurrency_hint(self) -> int:
         """The sum of the workers' own hints (for llama-server, all their slots: more programs
         at once would push each other's prefixes out of the slots); the router's own where
         the workers cannot be reached from here (inside a cluster's network)."""
+        inner = await self._ready()
         try:
             return sum([await w.concurrency_hint() for w in self._direct])
         except BackendError:
-            return await self.inner.concurrency_hint()
+            return await inner.concurrency_hint()
 
     def cached_chat_template(self) -> ChatTemplate | None:
         return self._template
@@ -154,38 +230,33 @@ class SGLangRouter(WrappedBackend):
 
     async def server_info(self) -> dict[str, Any]:
         """The router's workers (URL, health, load) and the kind of server they are."""
+        await self._ready()
+        assert self.worker_dialect is not None
         return {"server": ENGINE, "workers": await self._router_workers(),
                 "worker_kind": self.worker_dialect.kind}  # fmt: skip
 
     async def _router_workers(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=ASK_TIMEOUT_S) as client:
-            try:
-                answer = (await client.get(self.url + "/workers")).json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise BackendUnavailableError(f"cannot reach {self.name}: {exc}") from exc
-        return list(answer.get("workers") or [])
+        answer = await self._client.get("/workers")  # its errors name the router
+        return list(answer.get("workers") or []) if isinstance(answer, dict) else []
+
+    async def _listed_workers(self) -> list[str]:
+        try:
+            listed = await self._router_workers()
+        except BackendError as exc:
+            raise BackendUnavailableError(f"{exc}; or pass workers=[url, ...]") from exc
+        return [str(w["url"]) for w in listed if "url" in w]
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
-        for worker in self._direct:
-            await worker.aclose()
+        for backend in [self._undetected, *([self._inner] if self._inner else []), *self._direct]:
+            await backend.aclose()
+        await self._client.aclose()
 
     def __repr__(self) -> str:
-        return f"<lmprog {self.name}: {len(self.workers)} {self.worker_dialect.label} workers>"
+        kind = self.worker_dialect.label if self.worker_dialect else "not yet asked"
+        return f"<lmprog {self.name}: {len(self.workers)} workers ({kind})>"
 
 
-def _listed_workers(url: str) -> list[str]:
-    try:
-        answer = httpx.get(url + "/workers", timeout=ASK_TIMEOUT_S).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise BackendUnavailableError(
-            f"cannot ask the router at {url} for its workers ({exc}); is it running? "
-            "Or pass workers=[url, ...]"
-        ) from exc
-    return [str(w["url"]) for w in answer.get("workers") or () if "url" in w]
-
-
-def _dialect(kind: str | Dialect | None, worker: str) -> Dialect:
+async def _dialect(kind: str | Dialect | None, worker: str) -> Dialect:
     """The workers' dialect: given, named, or detected at `worker`."""
     from lmprog.backends.detect import by_kind, detect  # detect lists this module's dialect
 
@@ -193,18 +264,21 @@ def _dialect(kind: str | Dialect | None, worker: str) -> Dialect:
         return kind
     if kind is not None:
         return by_kind(kind)
-    return loop.wait(detect(worker, f"the router's worker {worker}"))
+    return await detect(worker, f"the router's worker {worker}")
 
 
-def _served_model(worker: str) -> str:
+async def _served_model(worker: str) -> str:
     """The model name a worker serves (vLLM checks the request's `model`)."""
+    client = JsonClient(worker, f"the router's worker {worker}", ASK_TIMEOUT_S, Secret(None))
     try:
-        listed = httpx.get(worker + "/v1/models", timeout=ASK_TIMEOUT_S).json()
+        listed = await client.get("/v1/models")
         return str(listed["data"][0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+    except (BackendError, TypeError, KeyError, IndexError) as exc:
         raise BackendUnavailableError(
             f"cannot read the model the worker at {worker} serves ({exc}); pass model="
         ) from exc
+    finally:
+        await client.aclose()
 
 
 # ----- what changes for workers behind smg ----------------------------------------------------
