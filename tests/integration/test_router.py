@@ -219,12 +219,13 @@ def test_a_worker_killed_mid_batch_loses_no_result() -> None:
     ) as router:
         victim = router._workers[1]
         assert victim._process is not None
+        [engine] = _children(victim._process.pid)  # the guard's llama-server
         killed = threading.Event()
 
         def kill_when_busy() -> None:
             while computed_prompt_tokens([victim])[0] == 0:
                 time.sleep(0.02)
-            victim._process.send_signal(signal.SIGKILL)  # the guard; its engine follows
+            victim._process.send_signal(signal.SIGKILL)  # the guard: the kernel kills its engine
             killed.set()
 
         killer = threading.Thread(target=kill_when_busy)
@@ -234,6 +235,10 @@ def test_a_worker_killed_mid_batch_loses_no_result() -> None:
         assert killed.is_set()
         assert [s.error() for s in states] == [None] * 40
         assert all(len(s["t2"]) > 0 for s in states)
+    deadline = time.monotonic() + 10
+    while alive(engine) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(engine)  # a killed guard leaves no orphaned engine
 
 
 # ----- no process left behind ----------------------------------------------------------------
