@@ -67,3 +67,19 @@ def test_a_session_token_a_router_answers_with_is_sent_back() -> None:
         "x-session-token": "pod-7",
         "traceparent": routing.traceparent,
     }
+
+
+def test_a_router_backend_asks_nothing_until_first_used() -> None:
+    """Making lp.SGLangRouter touches no network (it asks the router and workers on first
+    use); an unreachable router is then the program's error, naming where it looked."""
+    router = lp.SGLangRouter("http://127.0.0.1:9")  # nothing listens on port 9
+    assert "not yet asked" in repr(router)
+
+    @lp.function
+    def one(s):
+        s += "x" + lp.gen("a", max_tokens=2)
+
+    error = one.run(backend=router).error()
+    assert isinstance(error, lp.ProgramError)
+    assert isinstance(error.cause, lp.BackendUnavailableError)
+    assert "127.0.0.1:9/workers" in str(error)
