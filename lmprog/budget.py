@@ -72,21 +72,28 @@ class Spent:
     cost: Cost = field(default_factory=lambda: Cost(Decimal(0)))
 
 
-def price_of(backend: Backend) -> Pricer:
-    """What `backend`'s tokens cost: the price set on it (or on a wrapper around it), else the
-    price table's for the hosted model an lp.OpenAI reaches. UnsupportedFeatureError, naming
-    the model and how to set a price, when neither is known."""
+def _known_price(backend: Backend) -> tuple[Pricer | None, str]:
+    """The price set on `backend` (or on a wrapper around it), else the price table's for the
+    hosted model an lp.OpenAI reaches; with None, why neither is known."""
     target = backend
     while target.price is None and isinstance(target, WrappedBackend):
         target = target.inner
     if target.price is not None:
-        return target.price
-    why = "a self-hosted model has no entry in the price table (genai-prices)"
+        return target.price, ""
     if isinstance(target, OpenAI):
         try:
-            return table_price(target.model, target.base_url or OPENAI_API_URL)
+            return table_price(target.model, target.base_url or OPENAI_API_URL), ""
         except LookupError as exc:
-            why = str(exc)
+            return None, str(exc)
+    return None, "a self-hosted model has no entry in the price table (genai-prices)"
+
+
+def price_of(backend: Backend) -> Pricer:
+    """What `backend`'s tokens cost. UnsupportedFeatureError, naming the model and how to set
+    a price, when it is not known."""
+    price, why = _known_price(backend)
+    if price is not None:
+        return price
     raise UnsupportedFeatureError(
         backend.name,
         f"price its tokens for a max_cost budget: {why}",
@@ -106,11 +113,10 @@ def cost_of(price: Pricer, generation: Generation) -> Cost | None:
 
 
 def request_cost(backend: Backend, generation: Generation) -> Cost | None:
-    """What one generation cost at `backend`'s price (None when the price is not known)."""
-    try:
-        return cost_of(price_of(backend), generation)
-    except UnsupportedFeatureError:
-        return None
+    """What one generation cost at `backend`'s price (None when the price is not known).
+    Every request asks, so an unpriced backend costs a lookup here, not a raised error."""
+    price, _ = _known_price(backend)
+    return None if price is None else cost_of(price, generation)
 
 
 class BudgetMeter:
