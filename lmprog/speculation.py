@@ -51,10 +51,11 @@ class Speculation:
             and not sampling.stop_token_ids
         )
 
-    def request_sampling(self, sampling: SamplingParams, keep: tuple[str, ...]) -> SamplingParams:
-        """The speculative request's settings: the gen's own, N tokens, and only the stops
-        that end the turn (`keep`), so the model writes past the gen's stop."""
-        return replace(sampling, max_new_tokens=self.tokens, stop=keep or None)
+    def request_sampling(self, sampling: SamplingParams) -> SamplingParams:
+        """The speculative request's settings: the gen's own, N tokens, and no stop of its
+        own, so the model writes past it (the request still ends with the turn: the end of
+        the chat template's turn is added as a stop as for every request)."""
+        return replace(sampling, max_new_tokens=self.tokens, stop=None)
 
     def begin(self, text: str, sampling: SamplingParams, finish_reason: str | None) -> None:
         self.ahead, self._sampling = text, _without_length(sampling)

@@ -52,7 +52,7 @@ async def gen(execution: Execution, node: Gen) -> None:
     else:
         quote = ""
     if execution.speculation is not None:
-        if execution.speculation.eligible(node, sampling) and not validating:
+        if execution.speculation.eligible(node, sampling):
             if await _speculative_gen(execution, node, sampling):
                 return
         else:
@@ -148,7 +148,7 @@ async def _speculative_gen(execution: Execution, node: Gen, sampling: SamplingPa
     served = speculation.serve(sampling)
     generation: Generation | None = None
     if served is None:
-        request = build_request(execution, speculation.request_sampling(sampling, ()))
+        request = build_request(execution, speculation.request_sampling(sampling))
         # a chat model that cannot continue a turn's text writes the turn from its start;
         # the text the program put there must then be what the model wrote first
         capabilities = await execution.backend.detected_capabilities()
@@ -165,10 +165,10 @@ async def _speculative_gen(execution: Execution, node: Gen, sampling: SamplingPa
     execution.append(served.value, "gen", node.name)
     if node.name is not None:
         execution.variables[node.name] = served.value
+        counts = generation_meta(generation, 0.0) if generation else {"completion_tokens": None}
         execution.meta[node.name] = {
-            **(generation_meta(generation, 0.0) if generation else {}),
+            **counts,
             "finish_reason": "stop",
-            "completion_tokens": None if generation is None else generation.completion_tokens,
             "speculative": "requested" if generation else "served from the text ahead",
             "latency_s": time.perf_counter() - started,
         }
