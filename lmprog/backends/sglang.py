@@ -141,7 +141,9 @@ class SGLang(Backend):
                 raise BackendResponseError(f"{self.name} streamed text that went back on itself")
             meta = event.get("meta_info") or {}
             so_far = meta.get("output_token_logprobs") or []  # the whole list so far, each time
-            added = _entries(so_far[len(entries) :], None) if len(so_far) > len(entries) else []
+            tops = meta.get("output_top_logprobs")
+            new = slice(len(entries), None)
+            added = _entries(so_far[new], tops[new] if tops else None)
             entries += added
             if len(text) > len(shown) or added:
                 on_text(text[len(shown) :], added)
