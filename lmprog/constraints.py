@@ -7,6 +7,7 @@ typed values also happens only here (`Constraint.parse`).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
@@ -61,7 +62,9 @@ class Constraint:
 
     kind: "regex" (pattern), "json_schema" (schema), "choices" (choices) or "grammar"
     (grammar text, `grammar_syntax` "gbnf" or "lark"). `python_type` is the type the value is
-    parsed into (None: the text itself).
+    parsed into (None: the text itself). A JSON schema's `schema` is what engines enforce (the
+    user's, with numbers bounded: `bounded_numbers`); the output is checked against the
+    user's own (`check_schema`), since the bounds are only there to stop runaway digits.
     """
 
     kind: ConstraintKind
@@ -73,6 +76,7 @@ class Constraint:
     description: str = ""
     quoted: bool = False  # dtype=str: the executor writes the quotes around what it generates
     check_pattern: str | None = None  # what the output must match, if not `pattern` (dtype=)
+    check_schema: dict[str, Any] | None = None  # what the output must meet, if not `schema`
     stops: tuple[str, ...] = ()  # stop strings a gen under this constraint adds (dtype=)
     _adapter: pydantic.TypeAdapter[Any] | None = field(default=None, repr=False)
 
@@ -82,6 +86,11 @@ class Constraint:
         pathological pattern such as `(a+)+b` must not hang a worker validating output."""
         assert self.pattern is not None
         return regex.compile(self.pattern)
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema an output is checked against: `check_schema`, else `schema`."""
+        return self.check_schema if self.check_schema is not None else self.schema
 
     @property
     def grammar_syntax(self) -> Literal["gbnf", "lark"]:
@@ -117,9 +126,9 @@ class Constraint:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConstraintError(f"output is not valid JSON ({exc}): {text[:200]!r}") from exc
-        assert self.schema is not None
+        assert self.output_schema is not None
         error = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(self.schema).iter_errors(data)
+            jsonschema.Draft202012Validator(self.output_schema).iter_errors(data)
         )
         if error is not None:
             raise ConstraintError(f"output violates the JSON schema: {error.message}")
@@ -239,6 +248,7 @@ def schema_constraint(
     return Constraint(
         kind="json_schema",
         schema=bounded,
+        check_schema=schema,
         _adapter=adapter,
         description=f"JSON schema {title}".strip(),
     )
@@ -290,17 +300,23 @@ def type_constraint(python_type: Any) -> Constraint | None:
     return _json_type(python_type)
 
 
-# Unbounded numbers let a small model write digits until max_tokens ("population": 100000...).
-# The bound: at most 16 digits, as llama.cpp's JSON-schema grammars allow, and the largest
-# integer a double holds exactly (engines compare bounds as doubles: 10**16 - 1 rounds up to
-# 10**16, which llguidance then allowed).
+# Unbounded numbers let a small model write digits until max_tokens ("population": 100000...,
+# "ratio": 0.3333333...). The integer bound: at most 16 digits, as llama.cpp's JSON-schema
+# grammars allow, and the largest integer a double holds exactly (engines compare bounds as
+# doubles: 10**16 - 1 rounds up to 10**16, which llguidance then allowed).
 NUMBER_LIMIT = 2**53 - 1
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# The fraction bound, `multipleOf: 1e-10` (a multiple of 1e-10 has at most 10 decimals): the
+# finest decimal step llguidance takes (it scales the double by 10 until it is whole, and
+# 1e-11's double never is), so not llama.cpp's 16. xgrammar ignores it (a bounded number gets
+# 6 decimals there anyway); llama.cpp ignores it too and keeps its own 16.
+FRACTION_DIGITS = 10
+FRACTION_STEP = float(f"1e-{FRACTION_DIGITS}")
 
 
 def bounded_numbers(schema: Any) -> Any:
     """`schema` with every integer and number that has no bound of its own bounded to
-    +/-NUMBER_LIMIT (a bound the schema gives wins; its other side is still bounded)."""
+    +/-NUMBER_LIMIT (a bound the schema gives wins; its other side is still bounded), and every
+    number with no `multipleOf` of its own to FRACTION_DIGITS decimals."""
     if isinstance(schema, list):
         return [bounded_numbers(item) for item in schema]
     if not isinstance(schema, dict):
@@ -315,6 +331,8 @@ def bounded_numbers(schema: Any) -> Any:
             bounded["minimum"] = -NUMBER_LIMIT
         if "maximum" not in schema and "exclusiveMaximum" not in schema:
             bounded["maximum"] = NUMBER_LIMIT
+        if "number" in kinds and "multipleOf" not in schema:
+            bounded["multipleOf"] = FRACTION_STEP
     return bounded
 
 
@@ -359,10 +377,4 @@ def _build_json_type(python_type: Any) -> Constraint:
         ) from exc
     constraint = schema_constraint(closed_schema(schema), adapter)
     name = getattr(python_type, "__name__", repr(python_type))
-    return Constraint(
-        kind="json_schema",
-        schema=constraint.schema,
-        python_type=python_type,
-        _adapter=adapter,
-        description=f"type {name}",
-    )
+    return dataclasses.replace(constraint, python_type=python_type, description=f"type {name}")

@@ -34,7 +34,7 @@ class PartialJson:
     def __init__(self, constraint: Constraint) -> None:
         if constraint.kind != "json_schema" or constraint.schema is None:
             raise TypeError("partial values need a gen with json_schema= or a JSON type=")
-        self._schema = _loosened(constraint.schema)
+        self._schema = _loosened(constraint.output_schema)
         self._type = constraint.python_type
         self._adapter = (
             pydantic.TypeAdapter(partial_type(self._type)) if _is_typed(self._type) else None
