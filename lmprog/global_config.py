@@ -15,6 +15,10 @@ lmprog does not run in-process):
   branches' text (no engine here concatenates KV caches).
 - `skip_special_tokens_in_output`, `spaces_between_special_tokens_in_out`: accepted; each
   engine detokenizes with its own defaults.
+- `batch_gc_threshold` (lmprog's own, not SGLang's): while a batch runs, CPython's cycle
+  collector makes a young collection every this many allocations at least (default 10,000;
+  Python's is 700), so a batch's short-lived objects are not promoted and scanned again and
+  again (lmprog.gc_tuning); None leaves the collector alone.
 - `default_init_new_token_ratio`, `default_min_new_token_ratio_factor`,
   `default_new_token_ratio_decay_steps`, `retract_decode_steps`, `flashinfer_workspace_size`,
   `enable_gds`, `gds_path`: accepted; they tune SGLang's scheduler inside its own server
@@ -47,6 +51,7 @@ class GlobalConfig:
         "enable_parallel_encoding",
         "enable_gds",
         "gds_path",
+        "batch_gc_threshold",
     )
 
     def __init__(self) -> None:
@@ -71,6 +76,8 @@ class GlobalConfig:
         # SGLang reads these two lower-case variables
         self.enable_gds: Any = os.environ.get("enable_gds", False)  # noqa: SIM112
         self.gds_path = os.environ.get("gds_path", "/tmp/gds/")  # noqa: SIM112
+        # lmprog's own: young collections while a batch runs (lmprog.gc_tuning); None: as is
+        self.batch_gc_threshold: int | None = 10_000
 
     @property
     def default_backend(self) -> Any:

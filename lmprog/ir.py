@@ -41,8 +41,23 @@ class SamplingParams:
 
     def merged_over(self, defaults: SamplingParams) -> SamplingParams:
         """These settings, with `defaults` filling whatever is unset."""
-        mine, theirs = self.__dict__, defaults.__dict__
-        return SamplingParams(**{k: v if v is not None else theirs[k] for k, v in mine.items()})
+        theirs = defaults.__dict__
+        return self._of({k: v if v is not None else theirs[k] for k, v in self.__dict__.items()})
+
+    def replaced(self, **changes: Any) -> SamplingParams:
+        """These settings with `changes` (field names) set."""
+        unknown = changes.keys() - SAMPLING_NAMES
+        if unknown:
+            raise TypeError(f"SamplingParams has no field {', '.join(sorted(unknown))}")
+        return self._of({**self.__dict__, **changes})
+
+    @classmethod
+    def _of(cls, values: dict[str, Any]) -> SamplingParams:
+        """An instance holding `values` (every field), without the frozen `__init__`'s one
+        `object.__setattr__` per field: settings are merged for every request sent."""
+        params = object.__new__(cls)
+        object.__setattr__(params, "__dict__", values)
+        return params
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SamplingParams:

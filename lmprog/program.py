@@ -13,7 +13,7 @@ from typing import Any, overload
 
 from tqdm.auto import tqdm
 
-from lmprog import loop, prefix_lint
+from lmprog import gc_tuning, loop, prefix_lint
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.errors import BatchError, BatchInterrupted, LmprogError, LocalNotInstalledError
@@ -235,7 +235,8 @@ class Program:
                     bar.set_postfix(failed=failed)
 
         try:
-            await scheduler.run(batch, one)
+            with gc_tuning.young_generation(global_config.batch_gc_threshold):
+                await scheduler.run(batch, one)
         finally:
             if bar is not None:
                 bar.close()

@@ -118,9 +118,9 @@ class BatchScheduler:
             for warm in self._warms:
                 warm.cancel()
 
-    async def admit(self, index: int, prompt: str) -> _Group | None:
-        """Called before item `index`'s first request: group it, and wait for its group's
-        warm-up. Returns the group the item leads (None if it joined one).
+    def admit(self, index: int, prompt: str) -> tuple[_Group | None, asyncio.Task[None] | None]:
+        """Called before item `index`'s first request: group it. Returns the group the item
+        leads (None if it joined one) and the warm-up its requests wait for (None: none).
 
         Item 0 warms its whole prompt. A group's first item goes without warming: its own
         request computes the prefix. The next item warms the shared part if that request is
@@ -129,7 +129,7 @@ class BatchScheduler:
         if index == 0 and not self._first_prompt.done():
             self._first_prompt.set_result(prompt)
         if len(prompt) < WARM_PREFIX_CHARS or not global_config.enable_precache_with_tracing:
-            return None  # (SGLang's switch for pre-caching a batch's shared prefix)
+            return None, None  # (SGLang's switch for pre-caching a batch's shared prefix)
         keys = self._groups.keys(prompt)
         group, _ = self._groups.longest(keys)
         shared = common_prefix_length(group.leader, prompt) if group else 0
@@ -141,9 +141,7 @@ class BatchScheduler:
                 group.warm = self._warm(prompt)
         elif group.warm is None and not group.computed:
             group.warm = self._warm(prompt[:shared])
-        if group.warm is not None:
-            await asyncio.shield(group.warm)
-        return group if leads else None
+        return (group if leads else None), group.warm
 
     def _warm(self, prefix: str) -> asyncio.Task[None]:
         """Warm the engine's cache with `prefix`, as a task the group's items wait for."""
@@ -166,14 +164,17 @@ class _ItemBackend(WrappedBackend):
         super().__init__(scheduler.backend)
         self.scheduler = scheduler
         self.index = index
-        self._admitted: asyncio.Task[_Group | None] | None = None
+        self._admitted: tuple[_Group | None, asyncio.Task[None] | None] | None = None
 
     async def _admit(self, prompt: str) -> _Group | None:
-        """Admit the item on its first request (every request waits for that); returns the
-        group it leads, if any."""
+        """Admit the item on its first request (every request waits for its group's warm-up);
+        returns the group it leads, if any."""
         if self._admitted is None:
-            self._admitted = asyncio.ensure_future(self.scheduler.admit(self.index, prompt))
-        return await asyncio.shield(self._admitted)
+            self._admitted = self.scheduler.admit(self.index, prompt)
+        leads, warm = self._admitted
+        if warm is not None and not warm.done():
+            await asyncio.shield(warm)
+        return leads
 
     async def generate(
         self, request: GenerateRequest, on_text: TextCallback | None = None

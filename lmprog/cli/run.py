@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmprog import loop
+from lmprog import gc_tuning, loop
 from lmprog.backends.base import Backend
 from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
 from lmprog.cache_report import CacheReport
@@ -41,6 +41,7 @@ from lmprog.cli.metered import Metered
 from lmprog.cli.results import ResultsFile, encode
 from lmprog.cli.specs import check_reachable, make_backend
 from lmprog.errors import CliError
+from lmprog.global_config import global_config
 from lmprog.ir import SAMPLING_NAMES
 from lmprog.program import Program
 from lmprog.state import ProgramState
@@ -326,7 +327,8 @@ class Runner:
                 self._finished.put(Finished(item, state, time.perf_counter() - started, meter))
 
         try:
-            await asyncio.gather(*(one(item) for item in self.items))
+            with gc_tuning.young_generation(global_config.batch_gc_threshold):
+                await asyncio.gather(*(one(item) for item in self.items))
         finally:
             self._drive_done.set()
 

@@ -151,7 +151,7 @@ class Execution:
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # made when a reader waits (`changed`)
         self._fork_of = fork_of
         self.spec_tokens = spec_tokens
         self.speculation = Speculation(spec_tokens) if spec_tokens else None
@@ -260,6 +260,8 @@ class Execution:
 
     async def changed(self) -> None:
         """Wait until a chunk is added or the state finishes."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
         await self._changed.wait()
 
     def mark_finished(self) -> None:
@@ -389,8 +391,9 @@ class Execution:
 
     def notify(self) -> None:
         """Wake the readers waiting in `changed`."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def _traced(self, node: Gen | Select | Think) -> None:
         """Run a primitive that sends requests, inside a span of its own."""

@@ -48,7 +48,7 @@ async def gen(execution: Execution, node: Gen) -> None:
     if quote and not validating:
         execution.append(quote, "gen", node.name)
         stops = (*(sampling.stop or ()), quote)
-        sampling = SamplingParams(**{**sampling.__dict__, "stop": tuple(dict.fromkeys(stops))})
+        sampling = sampling.replaced(stop=tuple(dict.fromkeys(stops)))
     else:
         quote = ""
     if execution.speculation is not None:
@@ -197,10 +197,8 @@ def _parse(node: Gen, generation: Generation, quote: str = "") -> Any:
 
 def _reseeded(request: GenerateRequest, index: int) -> GenerateRequest:
     seed = request.sampling.seed
-    sampling = SamplingParams(
-        **{**request.sampling.__dict__, "seed": None if seed is None else seed + index}
-    )
-    return GenerateRequest(**{**request.__dict__, "sampling": sampling})
+    sampling = request.sampling.replaced(seed=None if seed is None else seed + index)
+    return dataclasses.replace(request, sampling=sampling)
 
 
 def _closing(generation: Generation, quote: str) -> str:

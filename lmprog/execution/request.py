@@ -41,7 +41,7 @@ def build_request(execution: Execution, sampling: SamplingParams, **fields: Any)
             stop = (*stop, template_end)
     return GenerateRequest(
         prompt=execution.text,
-        sampling=SamplingParams(**{**sampling.__dict__, "stop": stop or None}),
+        sampling=sampling.replaced(stop=stop or None),
         images=tuple(execution.images),
         messages=tuple(execution.messages),
         prefill=execution.text[execution.role_start :] if execution.role == "assistant" else "",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from lmprog.errors import LmprogError
 from lmprog.execution.request import build_request, send
-from lmprog.ir import SamplingParams, SeparateReasoning, Think
+from lmprog.ir import SeparateReasoning, Think
 from lmprog.reasoning import reasoning_format
 
 if TYPE_CHECKING:
@@ -21,9 +21,10 @@ async def think(execution: Execution, node: Think) -> None:
     answer that follows starts in the right place."""
     opening, closing = node.delimiters or await _think_delimiters(execution)
     execution.append(opening, "text")
-    merged = node.sampling.merged_over(execution.defaults).__dict__
     stops = tuple(dict.fromkeys((closing, closing.strip())))
-    sampling = SamplingParams(**{**merged, "max_new_tokens": node.budget, "stop": stops})
+    sampling = node.sampling.merged_over(execution.defaults).replaced(
+        max_new_tokens=node.budget, stop=stops
+    )
     request = build_request(execution, sampling)
     generation = await send(execution, request, f"{node.name} (reasoning)")
     reasoning = generation.text.rstrip() if closing[:1].isspace() else generation.text

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lmprog.prefix",
             "lmprog.loop",
             "lmprog.global_config",
+            "lmprog.gc_tuning",
             "lmprog.usage",
             "lmprog.pricing",
             "lmprog.logprobs",
