@@ -8,16 +8,15 @@ under httpx2) checks every pooled connection's socket on every request, which ca
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from lmprog import loop as lmprog_loop
-from lmprog.backends.base import current_routing, note_retry
+from lmprog.backends.base import Routing, current_routing, note_retry
 from lmprog.errors import (
     BackendError,
     BackendResponseError,
@@ -131,34 +130,29 @@ class JsonClient:
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
         """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
         json.loads reads the bytes as they are, without aiohttp's charset detection."""
-        with self._transport_errors(path):
-            async with self._routed(method, path, data) as response:
-                return response.status, response.headers, await response.read()
-
-    @contextlib.asynccontextmanager
-    async def _routed(
-        self, method: str, path: str, data: bytes | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request carrying the sending program's routing headers (lmprog.backends.base
-        .Routing), keeping the session token a router answers with."""
         routing = current_routing()
-        headers = routing.headers() if routing else None
-        async with self._http().request(
-            method, self.base_url + path, data=data, headers=headers
-        ) as response:
-            if routing is not None:
-                routing.observe(response.headers)
-            yield response
-
-    @contextlib.contextmanager
-    def _transport_errors(self, path: str) -> Iterator[None]:
-        """aiohttp's failures as lmprog's errors, or _Dropped where sending again is safe."""
         try:
-            yield
-        except aiohttp.ClientError as exc:
-            raise self._classify(exc, path) from exc
-        except asyncio.TimeoutError as exc:  # aiohttp's read timeout (not a ClientError)
-            raise self._timeout(path) from exc
+            async with self._send(method, path, data, routing) as response:
+                if routing is not None:
+                    routing.observe(response.headers)
+                return response.status, response.headers, await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._failure(exc, path) from exc
+
+    def _send(
+        self, method: str, path: str, data: bytes | None, routing: Routing | None
+    ) -> Any:
+        """The request (an aiohttp context manager), carrying the sending program's routing
+        headers (lmprog.backends.base.Routing). Its session token is kept by the caller."""
+        headers = routing.headers() if routing is not None else None
+        return self._http().request(method, self.base_url + path, data=data, headers=headers)
+
+    def _failure(self, exc: BaseException, path: str) -> Exception:
+        """aiohttp's failures as lmprog's errors, or _Dropped where sending again is safe;
+        asyncio.TimeoutError is aiohttp's read timeout (not a ClientError)."""
+        if isinstance(exc, aiohttp.ClientError):
+            return self._classify(exc, path)
+        return self._timeout(path)
 
     def _classify(self, exc: aiohttp.ClientError, path: str) -> Exception:
         """What cannot have produced an answer is retried: no connection, or one dropped
@@ -195,8 +189,11 @@ class JsonClient:
             attempt += 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        with self._transport_errors(path):
-            async with self._routed("POST", path, json.dumps(body).encode()) as response:
+        routing = current_routing()
+        try:
+            async with self._send("POST", path, json.dumps(body).encode(), routing) as response:
+                if routing is not None:
+                    routing.observe(response.headers)
                 if response.status >= 400:
                     text = await response.text(errors="replace")
                     raise self._status_error(response.status, text, path)
@@ -213,6 +210,8 @@ class JsonClient:
                 event = self._event(pending)
                 if event is not None and event is not _DONE:
                     yield event
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._failure(exc, path) from exc
 
     def _event(self, line: bytes) -> Any:
         """The payload of one `data:` line: None for other lines, _DONE for [DONE]."""
