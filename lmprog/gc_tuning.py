@@ -6,7 +6,8 @@ of those objects outlive two young collections, get promoted to the oldest gener
 off full collections that walk the whole heap and find no garbage (the objects are freed by
 reference counting a moment later). On bench/compare.py's zero-latency server that was about
 a third of lmprog's own CPU per program (docs/performance.md). A larger first threshold lets
-them die young.
+them die young, and a rarer middle collection keeps the survivors (finished programs' states,
+alive until the batch returns) from being walked again and again.
 
 The thresholds are the process's, so they are raised when the first batch starts and put back
 when the last one ends, unless someone else changed them meanwhile. A collector that is off
@@ -21,6 +22,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+MIDDLE_EVERY = 50  # young collections per middle-generation collection while batches run
+
 _lock = threading.Lock()
 _running = 0
 _restore: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (saved, ours)
@@ -34,7 +37,9 @@ def young_generation(threshold: int | None) -> Iterator[None]:
     with _lock:
         current = gc.get_threshold()
         if _running == 0 and threshold is not None and 0 < current[0] < threshold:
-            ours = (threshold, *current[1:])
+            # the middle generation, collected every 10 young collections by default, would
+            # then hold ~10x threshold objects, nearly all alive (finished programs' states)
+            ours = (threshold, max(current[1], MIDDLE_EVERY), *current[2:])
             gc.set_threshold(*ours)
             _restore = (current, ours)
         _running += 1

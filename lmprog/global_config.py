@@ -16,9 +16,10 @@ lmprog does not run in-process):
 - `skip_special_tokens_in_output`, `spaces_between_special_tokens_in_out`: accepted; each
   engine detokenizes with its own defaults.
 - `batch_gc_threshold` (lmprog's own, not SGLang's): while a batch runs, CPython's cycle
-  collector makes a young collection every this many allocations at least (default 10,000;
-  Python's is 700), so a batch's short-lived objects are not promoted and scanned again and
-  again (lmprog.gc_tuning); None leaves the collector alone.
+  collector makes a young collection every this many allocations at least (default 20,000;
+  Python's is 700) and a middle one every 50 of those, so a batch's short-lived objects are
+  not promoted and scanned again and again (lmprog.gc_tuning); None leaves the collector
+  alone.
 - `default_init_new_token_ratio`, `default_min_new_token_ratio_factor`,
   `default_new_token_ratio_decay_steps`, `retract_decode_steps`, `flashinfer_workspace_size`,
   `enable_gds`, `gds_path`: accepted; they tune SGLang's scheduler inside its own server
@@ -77,7 +78,7 @@ class GlobalConfig:
         self.enable_gds: Any = os.environ.get("enable_gds", False)  # noqa: SIM112
         self.gds_path = os.environ.get("gds_path", "/tmp/gds/")  # noqa: SIM112
         # lmprog's own: young collections while a batch runs (lmprog.gc_tuning); None: as is
-        self.batch_gc_threshold: int | None = 10_000
+        self.batch_gc_threshold: int | None = 20_000
 
     @property
     def default_backend(self) -> Any:

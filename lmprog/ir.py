@@ -63,7 +63,7 @@ class SamplingParams:
     def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
         stop = kwargs.pop("stop", None)
         stop_ids = kwargs.pop("stop_token_ids", None)
-        return cls(
+        return _UNSET.replaced(
             stop=(stop,) if isinstance(stop, str) else (tuple(stop) if stop is not None else None),
             stop_token_ids=tuple(stop_ids) if stop_ids is not None else None,
             **kwargs,
@@ -71,6 +71,7 @@ class SamplingParams:
 
 
 SAMPLING_NAMES = frozenset(f.name for f in fields(SamplingParams))
+_UNSET = SamplingParams()
 
 
 class Node:

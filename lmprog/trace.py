@@ -8,6 +8,7 @@ cut out of URLs, and generated text is only included when asked (`include_text=T
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import json
@@ -35,6 +36,9 @@ _URL = re.compile(
 def redact(text: str) -> str:
     """`text` with URL credentials (`user:token@`) and query strings (`?key=...`) removed."""
     return _URL.sub(lambda m: m.group("scheme") + m.group("rest"), text)
+
+
+_redacted_name = functools.lru_cache(maxsize=64)(redact)  # a backend's, once per program run
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Tracer:
         pid, serial = os.getpid() & 0xFFFFFFFF, next(_ids) & 0xFFFFFFFF
         self.trace_id = f"{time.time_ns():016x}{pid:08x}{serial:08x}"
         self.spans: list[Span] = []
-        self.root = self.start("program", program, None, backend=redact(backend))
+        self.root = self.start("program", program, None, backend=_redacted_name(backend))
 
     def start(self, kind: SpanKind, name: str, parent: Span | None, **attributes: Any) -> Span:
         span = Span(
