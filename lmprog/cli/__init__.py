@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, metavar="T", help="for gens that set none")
     run.add_argument("--budget-tokens", type=int, metavar="N", help="this run's token budget")
     run.add_argument("--budget-requests", type=int, metavar="N", help="its request budget")
+    run.add_argument(
+        "--budget-cost", metavar="AMOUNT", help="its money budget, in --currency (e.g. 0.50)"
+    )
+    run.add_argument(
+        "--price",
+        metavar="IN,OUT[,CACHED]",
+        help="what the backend's tokens cost per million (prompt, completion, cached prompt), "
+        "for a self-hosted model; hosted models are priced from the genai-prices table",
+    )
+    run.add_argument("--currency", default="USD", metavar="CODE", help="of the two above (USD)")
     progress = run.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress", action="store_true", default=None, help="show the bar even without a TTY"

@@ -34,15 +34,16 @@ from tqdm import tqdm
 
 from lmprog import gc_tuning, loop
 from lmprog.backends.base import Backend
-from lmprog.budget import Budget, BudgetedBackend, BudgetMeter
+from lmprog.budget import Budget, BudgetedBackend, BudgetMeter, price_of
 from lmprog.cache_report import CacheReport
 from lmprog.cli.inputs import Item, key_token, load_program, read_items
 from lmprog.cli.metered import Metered
 from lmprog.cli.results import ResultsFile, encode
 from lmprog.cli.specs import check_reachable, make_backend
-from lmprog.errors import CliError
+from lmprog.errors import CliError, UnsupportedFeatureError
 from lmprog.global_config import global_config
 from lmprog.ir import SAMPLING_NAMES
+from lmprog.pricing import Price
 from lmprog.program import Program
 from lmprog.state import ProgramState
 
@@ -102,8 +103,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
     loop.wait(check_reachable(backend))
     shared: Backend = backend
-    if args.budget_tokens is not None or args.budget_requests is not None:
-        budget = Budget(max_tokens=args.budget_tokens, max_requests=args.budget_requests)
+    budget = _budget(args, backend)
+    if budget is not None:
         shared = BudgetedBackend(backend, BudgetMeter(budget))
     sampling = {
         name: value
@@ -297,6 +298,9 @@ class Runner:
             "completion_tokens": finished.meter.completion_tokens,
             "latency_s": round(finished.latency_s, 4),
         }
+        if report.cost is not None:  # a string, so the amount stays exact
+            record["stats"]["cost"] = str(report.cost.amount)
+            record["stats"]["currency"] = report.cost.currency
         record["run"] = self.run_id
         try:
             encode(record)
@@ -334,6 +338,42 @@ class Runner:
 
     def _is_sampling(self, name: str) -> bool:
         return name in SAMPLING_NAMES and name not in self._parameters
+
+
+def _budget(args: argparse.Namespace, backend: Backend) -> Budget | None:
+    """The run's budget from --budget-*, pricing `backend` from --price; refused before any
+    input runs when a money budget has no price to count with."""
+    if args.price is not None:
+        backend.price = _price(args.price, args.currency)
+    limits = (args.budget_tokens, args.budget_requests, args.budget_cost)
+    if limits == (None, None, None):
+        return None
+    try:
+        budget = Budget(
+            max_tokens=args.budget_tokens,
+            max_requests=args.budget_requests,
+            max_cost=args.budget_cost,
+            currency=args.currency,
+        )
+        if budget.max_cost is not None:
+            price_of(backend)
+    except UnsupportedFeatureError as exc:
+        raise CliError(f"{exc.backend} cannot {exc.feature}; pass --price IN,OUT") from exc
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--budget-cost / --currency: {exc}") from exc
+    return budget
+
+
+def _price(text: str, currency: str) -> Price:
+    """--price IN,OUT[,CACHED]: per million tokens, in `currency`."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) not in (2, 3):
+        raise CliError(f"--price takes IN,OUT or IN,OUT,CACHED per million tokens, got {text!r}")
+    cached = parts[2] if len(parts) == 3 else None
+    try:
+        return Price(input=parts[0], output=parts[1], cached_input=cached, currency=currency)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--price {text!r}: {exc}") from exc
 
 
 def _inputs(count: int) -> str:

@@ -384,6 +384,38 @@ def test_a_budget_stops_the_run_and_a_rerun_finishes_it(
     assert sorted(marked(workdir / "marks")) == sorted([*range(8), 5, 6, 7])
 
 
+def test_a_money_budget_prices_a_self_hosted_model_and_stops_the_run(
+    workdir: Path,
+    tiny_server: lp.Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_inputs(workdir / "in.jsonl", 8)
+    monkeypatch.setenv("MARKS", str(workdir / "marks"))
+    command = lmprog_run(workdir, f"llamacpp:{tiny_server.url}", "--concurrency", "1")[3:]
+    # no price for a self-hosted model: refused before any input runs
+    assert main([*command, "--budget-cost", "0.01"]) == 2
+    assert "--price" in capsys.readouterr().err
+    assert not (workdir / "out.jsonl").exists() or read_output(workdir / "out.jsonl") == []
+    assert main([*command, "--price", "nope"]) == 2
+    assert "IN,OUT" in capsys.readouterr().err
+
+    price = ["--price", "1000,2000", "--currency", "eur"]  # per million tokens
+    assert main([*command, *price, "--budget-cost", "0.05"]) == 1
+    records = read_output(workdir / "out.jsonl")
+    done = [r for r in records if r["error"] is None]
+    stopped = [r for r in records if r["error"] is not None]
+    assert done and stopped and len(done) + len(stopped) == 8
+    assert {r["error"]["type"] for r in stopped} == {"BudgetExceededError"}
+    for record in done:  # each result's cost is its own counts at the price
+        stats = record["stats"]
+        expected = (stats["prompt_tokens"] * 1000 + stats["completion_tokens"] * 2000) / 1e6
+        assert float(stats["cost"]) == pytest.approx(expected)
+        assert stats["currency"] == "EUR"
+    spent = sum(float(r["stats"]["cost"]) for r in done)
+    assert spent >= 0.05 - max(float(r["stats"]["cost"]) for r in done)  # stopped at the limit
+
+
 def test_the_results_file_keeps_every_finished_result(tmp_path: Path) -> None:
     """Duplicates from retries and a line cut short by a crash, as a killed run leaves them."""
     path = tmp_path / "out.jsonl"
