@@ -109,7 +109,7 @@ def generate(body: dict[str, Any]) -> Any:
     texts = body.get("text", body.get("input_ids", ""))
     many = isinstance(texts, list) and not (texts and isinstance(texts[0], int))
     results = []
-    for text in texts if many else [texts]:
+    for index, text in enumerate(texts if many else [texts]):
         logprobs = body.get("return_logprob")
         ids = text if isinstance(text, list) else tokenize(text) if logprobs else None
         meta: dict[str, Any] = {
@@ -119,7 +119,8 @@ def generate(body: dict[str, Any]) -> Any:
             "finish_reason": {"type": "stop"},
         }
         if ids is not None and logprobs:
-            start = body.get("logprob_start_len", 0)
+            start = body.get("logprob_start_len", 0)  # one, or one per text
+            start = start[index] if isinstance(start, list) else start
             meta["input_token_logprobs"] = [[-1.0, i, " w"] for i in ids[start:]]
             meta["output_token_logprobs"] = []
         results.append({"text": answer(body, body.get("sampling_params", {})), "meta_info": meta})

@@ -3,8 +3,10 @@
 Programs go as text (RadixAttention reuses every shared prefix); constraints go in
 `sampling_params` (`regex`, `json_schema`, `ebnf`; choices as a regex alternation), all
 enforced by the server. `select` scores choices from input-token logprobs: the prompt and
-every prompt+choice are sent once each, and a choice's tokens are those after the ones it
-shares with the prompt, so a word that straddles the boundary is read as the model reads it.
+every prompt+choice are sent once each (after a request that counts a long prompt's tokens, so
+logprobs are computed only near its end and its cached prefix is reused), and a choice's
+tokens are those after the ones it shares with the prompt, so a word that straddles the
+boundary is read as the model reads it.
 Streaming chunks from SGLang carry the whole text so far; they are turned into deltas here.
 """
 
@@ -190,16 +192,36 @@ class SGLang(Backend):
     async def score_choices(
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
-        texts = [context.prompt] + [context.prompt + choice for choice in choices]
+        start = 0
+        if len(context.prompt) >= LONG_PROMPT_CHARS:
+            counted = await self._http.post(
+                "/generate", {"text": context.prompt, "sampling_params": {"max_new_tokens": 0}}
+            )
+            start = max(_prompt_tokens(counted) - BOUNDARY_TOKENS, 0)
+        scored = await self._scores(context.prompt, choices, method, start)
+        if scored is None:  # a choice leaves the prompt's tokens before `start`: read them all
+            scored = await self._scores(context.prompt, choices, method, 0)
+        assert scored is not None
+        return scored
+
+    async def _scores(
+        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod, start: int
+    ) -> list[ChoiceLogprobs] | None:
+        """Each choice's logprobs from the prompt's and every prompt+choice's input logprobs
+        (one batch), read from token `start` on; None if a choice's own tokens begin before
+        it."""
+        texts = [prompt] + [prompt + choice for choice in choices]
+        starts = [start] * len(texts)
         if method.requires_unconditional_logprobs:
             texts += list(choices)
+            starts += [0] * len(choices)
         results = await self._http.post(
             "/generate",
             {
                 "text": texts,
                 "sampling_params": {"max_new_tokens": 0},
                 "return_logprob": True,
-                "logprob_start_len": 0,
+                "logprob_start_len": start if len(set(starts)) == 1 else starts,
             },
         )
         if not isinstance(results, list) or len(results) != len(texts):
@@ -210,6 +232,8 @@ class SGLang(Backend):
             full = _input_entries(results[1 + i])
             # the ids alone are compared; only the choice's own entries are read in full
             shared, _ = split_choice(prompt_ids, _input_ids(full))
+            if start and not shared:
+                return None
             own = _input_tokens(full[len(shared) :])
             unconditional = None
             if method.requires_unconditional_logprobs:
@@ -231,6 +255,14 @@ class SGLang(Backend):
 
 
 RuntimeEndpoint = SGLang
+
+# A prompt this long is scored in two requests: its length in tokens first, then input logprobs
+# from just before its end. SGLang computes input logprobs from `logprob_start_len` on and
+# reuses no cached prefix past it (its scheduler caps the prefix match there), so logprobs
+# from token 0 would recompute the whole prompt for every choice. A shorter prompt costs less
+# to recompute than the extra round trip.
+LONG_PROMPT_CHARS = 1000
+BOUNDARY_TOKENS = 4  # how far before the prompt's end a choice may start changing its tokens
 
 
 def constraint_params(constraint: Constraint | None) -> dict[str, Any]:
@@ -273,6 +305,16 @@ def _input_tokens(entries: list[Any]) -> list[tuple[int, float | None, str]]:
         ]
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise _no_input_logprobs(entries) from exc
+
+
+def _prompt_tokens(result: Any) -> int:
+    """`meta_info.prompt_tokens` of one result."""
+    try:
+        return int(result["meta_info"]["prompt_tokens"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackendResponseError(
+            f"SGLang sent no prompt_tokens count: {str(result)[:200]}"
+        ) from exc
 
 
 def _no_input_logprobs(found: Any) -> BackendResponseError:

@@ -133,6 +133,51 @@ def test_select_scores_come_from_input_logprobs_in_one_request(
     assert state["c"] == expected
 
 
+@pytest.mark.parametrize(
+    "method", [lp.token_length_normalized, lp.unconditional_likelihood_normalized]
+)
+def test_a_long_prompt_is_scored_from_near_its_end_so_its_cached_prefix_is_reused(
+    server: FakeSGLang, method
+) -> None:
+    """SGLang reuses no cached prefix past `logprob_start_len` (its scheduler caps the match
+    there): a long prompt's length is asked first, and logprobs are read only near its end."""
+    long = "x" * 1200 + "\nA:"
+
+    @lp.function
+    def pick(s):
+        s += long + lp.select("c", [" aa", " ~~"], choices_method=method)
+
+    state = pick.run(backend=lp.SGLang(server.url))
+    count, scoring = server.requests
+    assert count["text"] == long and count["sampling_params"]["max_new_tokens"] == 0
+    prompt_tokens = len(long) + 1  # the fake's: one per character, and BOS
+    start = scoring["logprob_start_len"]
+    expected_start = prompt_tokens - 4
+    if method is lp.unconditional_likelihood_normalized:  # the choices alone: from 0
+        assert start == [expected_start] * 3 + [0, 0]
+    else:
+        assert start == expected_start
+    meta = state.get_meta_info("c")
+    assert meta["choice_tokens"] == [[" ", "a", "a"], [" ", "~", "~"]]
+    assert meta["input_token_logprobs"][0] == pytest.approx([char_logprob(c) for c in " aa"])
+
+
+def test_a_choice_that_starts_before_the_counted_boundary_is_read_from_the_start(
+    server: FakeSGLang,
+) -> None:
+    server.prompt_token_surplus = 10  # the count says the prompt ends later than it does
+
+    @lp.function
+    def pick(s):
+        s += "y" * 1200 + lp.select("c", [" aa", " ~~"])
+
+    state = pick.run(backend=lp.SGLang(server.url))
+    starts = [r.get("logprob_start_len") for r in server.requests]
+    assert starts == [None, 1200 + 1 + 10 - 4, 0]  # count, scoring past the prompt, again from 0
+    assert state.get_meta_info("c")["choice_tokens"] == [[" ", "a", "a"], [" ", "~", "~"]]
+    assert state["c"] == " ~~"
+
+
 def test_images_and_chat_template_from_the_model_folder(server: FakeSGLang) -> None:
     @lp.function
     def look(s):
@@ -165,9 +210,12 @@ def test_a_remote_servers_template_file_is_read_when_readable(tmp_path) -> None:
 
 
 def test_a_template_the_client_cannot_read_falls_back_to_the_family_with_a_warning() -> None:
-    with FakeSGLang(
-        model_path="/not/here", chat_template="/srv/gemma.jinja", model_type="gemma3"
-    ) as fake, pytest.warns(lp.TemplateGuessWarning, match="gemma3"):
+    with (
+        FakeSGLang(
+            model_path="/not/here", chat_template="/srv/gemma.jinja", model_type="gemma3"
+        ) as fake,
+        pytest.warns(lp.TemplateGuessWarning, match="gemma3"),
+    ):
         state = _chat.run(backend=lp.SGLang(fake.url))
     assert state.error() is None
     assert state.text().startswith("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")

@@ -33,6 +33,7 @@ class FakeSGLang:
         self.chat_template = chat_template  # as given to --chat-template (a path or a name)
         self.model_type = model_type
         self.requests: list[dict[str, Any]] = []
+        self.prompt_token_surplus = 0  # >0: prompt_tokens overstated (a client must cope)
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
@@ -86,23 +87,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({})
             return
         texts = body["text"]
-        results = [self._result(t, body) for t in (texts if isinstance(texts, list) else [texts])]
+        many = texts if isinstance(texts, list) else [texts]
+        results = [self._result(t, body, i) for i, t in enumerate(many)]
         if body.get("stream"):
             self._stream(results[0])
         else:
             self._json(results if isinstance(texts, list) else results[0])
 
-    def _result(self, text: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _result(self, text: str, body: dict[str, Any], index: int) -> dict[str, Any]:
         limit = body.get("sampling_params", {}).get("max_new_tokens", 128)
         output = ANSWER[:limit]
         meta: dict[str, Any] = {
-            "prompt_tokens": len(text) + 1,
+            "prompt_tokens": len(text) + 1 + self.fake.prompt_token_surplus,
             "completion_tokens": len(output),
             "cached_tokens": max(0, len(text) - 4),
             "finish_reason": {"type": "length" if limit < len(ANSWER) else "stop"},
         }
         if body.get("return_logprob"):
-            start = body.get("logprob_start_len", len(text))
+            start = body.get("logprob_start_len", len(text))  # one, or one per text
+            start = start[index] if isinstance(start, list) else start
             tokens = [[None, 1, "<s>"]] + [[char_logprob(c), ord(c) + 10, c] for c in text]
             meta["input_token_logprobs"] = tokens[start:]
             meta["output_token_logprobs"] = [[char_logprob(c), ord(c) + 10, c] for c in output]
