@@ -25,6 +25,7 @@ import re
 import shutil
 import threading
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -301,28 +302,74 @@ class Ceiling:
             max_retries=0,
             http_client=None if self.default_client else openai.DefaultAioHttpClient(),
         )
-        limit = asyncio.Semaphore(target.concurrency or 64)
 
         async def complete(request: Req) -> str:
             reply = await client.completions.create(**_arguments(target, request))
             return reply.choices[0].text
 
-        async def program(arguments: dict[str, Any]) -> None:
-            async with limit:
-                script, answer = workload.script(**arguments), None
-                try:
-                    while True:
-                        step = script.send(answer)
-                        if isinstance(step, list):
-                            answer = list(await asyncio.gather(*map(complete, step)))
-                        else:
-                            answer = await complete(step)
-                except StopIteration:
-                    pass
-
-        results = await asyncio.gather(*map(program, batch), return_exceptions=True)
+        outcome = await run_scripts(workload, batch, target.concurrency or 64, complete)
         await client.close()
-        return Outcome(len(batch), [repr(r) for r in results if isinstance(r, BaseException)])
+        return outcome
+
+
+class RawAiohttp:
+    """The floor of a Python client: the same scripts on one aiohttp session, each request's
+    JSON written and read by hand (no SDK, no per-program machinery)."""
+
+    name = "asyncio + aiohttp (raw loop)"
+
+    def why_not(self, target: Target, workload: Workload) -> str | None:
+        return _no_server(target)
+
+    def run(self, target: Target, workload: Workload, batch: list[dict[str, Any]]) -> Outcome:
+        return asyncio.run(self._run(target, workload, batch))
+
+    async def _run(
+        self, target: Target, workload: Workload, batch: list[dict[str, Any]]
+    ) -> Outcome:
+        url = f"{target.openai_url}/completions"
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256),
+            headers={"Content-Type": "application/json"},
+        ) as session:
+
+            async def complete(request: Req) -> str:
+                arguments = _arguments(target, request)
+                body = {**arguments, **arguments.pop("extra_body")}
+                async with session.post(url, data=json.dumps(body).encode()) as response:
+                    reply = json.loads(await response.read())
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {reply}")
+                return str(reply["choices"][0]["text"])
+
+            return await run_scripts(workload, batch, target.concurrency or 64, complete)
+
+
+async def run_scripts(
+    workload: Workload,
+    batch: list[dict[str, Any]],
+    concurrency: int,
+    complete: Callable[[Req], Awaitable[str]],
+) -> Outcome:
+    """Drive the workload's plain-Python scripts, `concurrency` programs at a time; a fork's
+    requests go out together."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def program(arguments: dict[str, Any]) -> None:
+        async with limit:
+            script, answer = workload.script(**arguments), None
+            try:
+                while True:
+                    step = script.send(answer)
+                    if isinstance(step, list):
+                        answer = list(await asyncio.gather(*map(complete, step)))
+                    else:
+                        answer = await complete(step)
+            except StopIteration:
+                pass
+
+    results = await asyncio.gather(*map(program, batch), return_exceptions=True)
+    return Outcome(len(batch), [repr(r) for r in results if isinstance(r, BaseException)])
 
 
 class Sequential:
@@ -362,7 +409,13 @@ OPT_IN: list[Tool] = [LmprogPromptLogprobs()]  # run only when `--tools` names t
 
 def all_tools() -> tuple[list[Tool], dict[str, str]]:
     """The tools to compare by default, and those that cannot run here (name -> why)."""
-    tools: list[Tool] = [Ceiling(), Ceiling(default_client=True), Lmprog(), Lmprog(native=True)]
+    tools: list[Tool] = [
+        Ceiling(),
+        Ceiling(default_client=True),
+        RawAiohttp(),
+        Lmprog(),
+        Lmprog(native=True),
+    ]
     missing = {}
     why = sglang_available()
     for native in (False, True):
