@@ -274,7 +274,22 @@ def _no_server(target: Target) -> str | None:
     return "no server: lp.Local runs in lmprog's process" if target.openai_url is None else None
 
 
-class Ceiling:
+class _HandWritten:
+    """A hand-written asyncio client driving the workload's scripts against a server."""
+
+    def why_not(self, target: Target, workload: Workload) -> str | None:
+        return _no_server(target)
+
+    def run(self, target: Target, workload: Workload, batch: list[dict[str, Any]]) -> Outcome:
+        return asyncio.run(self._run(target, workload, batch))
+
+    async def _run(
+        self, target: Target, workload: Workload, batch: list[dict[str, Any]]
+    ) -> Outcome:
+        raise NotImplementedError
+
+
+class Ceiling(_HandWritten):
     """asyncio + AsyncOpenAI with a concurrency limit: what a careful user writes by hand. The
     ceiling uses the SDK's aiohttp client, as the SDK advises for high concurrency (lmprog's
     lp.OpenAI does too); `default_client=True` is the same script on the SDK's default httpx2
@@ -286,12 +301,6 @@ class Ceiling:
         self.default_client = default_client
         if default_client:
             self.name = "asyncio + AsyncOpenAI (default httpx2 client)"
-
-    def why_not(self, target: Target, workload: Workload) -> str | None:
-        return _no_server(target)
-
-    def run(self, target: Target, workload: Workload, batch: list[dict[str, Any]]) -> Outcome:
-        return asyncio.run(self._run(target, workload, batch))
 
     async def _run(
         self, target: Target, workload: Workload, batch: list[dict[str, Any]]
@@ -312,17 +321,11 @@ class Ceiling:
         return outcome
 
 
-class RawAiohttp:
+class RawAiohttp(_HandWritten):
     """The floor of a Python client: the same scripts on one aiohttp session, each request's
     JSON written and read by hand (no SDK, no per-program machinery)."""
 
     name = "asyncio + aiohttp (raw loop)"
-
-    def why_not(self, target: Target, workload: Workload) -> str | None:
-        return _no_server(target)
-
-    def run(self, target: Target, workload: Workload, batch: list[dict[str, Any]]) -> Outcome:
-        return asyncio.run(self._run(target, workload, batch))
 
     async def _run(
         self, target: Target, workload: Workload, batch: list[dict[str, Any]]

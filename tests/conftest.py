@@ -88,6 +88,16 @@ def tiny_local() -> Iterator[lp.Local]:
     backend.shutdown()
 
 
+@pytest.fixture(scope="module")
+def gemma_local() -> Iterator[lp.Local]:
+    """lp.Local on its default model (Gemma 3 270M), loaded once per test module and shut
+    down after it (a module's worth of tests share its memory, not the whole run)."""
+    backend = lp.Local()
+    backend.load()
+    yield backend
+    backend.shutdown()
+
+
 SUITE_BACKENDS = ["llamacpp", "openai@llamacpp", "vllm", "openai@vllm", "local"]
 
 

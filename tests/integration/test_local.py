@@ -7,7 +7,6 @@ The program suite (test_program_suite.py) also runs on lp.Local with the tiny mo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.gemma
 FEW_SHOT = (
     "Q: What is the capital of Germany?\nA: Berlin\nQ: What is the capital of Italy?\nA: Rome\n"
 )
-
-
-@pytest.fixture(scope="module")
-def gemma_local() -> Iterator[lp.Local]:
-    backend = lp.Local()
-    backend.load()
-    yield backend
-    backend.shutdown()
 
 
 @lp.function(temperature=0)

@@ -30,14 +30,6 @@ pytestmark = [pytest.mark.engine, pytest.mark.gemma, pytest.mark.timeout(600)]
 QUESTIONS = ["What is 17 plus 25?", "What is the weather in Oslo?", "How warm is it in Madrid?"]
 
 
-@pytest.fixture(scope="module")
-def gemma_local() -> Iterator[lp.Local]:
-    backend = lp.Local()
-    backend.load()
-    yield backend
-    backend.shutdown()
-
-
 @pytest.fixture(params=["llamacpp", "local"])
 def model(request: pytest.FixtureRequest) -> lp.Backend:
     backend: lp.Backend = request.getfixturevalue(

@@ -9,7 +9,6 @@ writes up to 40 decimals where a range leaves it room after the tenth.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -38,14 +37,6 @@ def sampled(backend: lp.Backend) -> list[str]:
     for state in states:
         assert state.error() is None, state.error()
     return [state.text().split("Numbers: ", 1)[1] for state in states]  # as written
-
-
-@pytest.fixture(scope="module")
-def gemma_local() -> Iterator[lp.Local]:
-    backend = lp.Local()
-    backend.load()
-    yield backend
-    backend.shutdown()
 
 
 def test_gemma_on_local_stops_copying_pi_at_the_fraction_bound(gemma_local: lp.Local) -> None:
