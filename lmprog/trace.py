@@ -8,6 +8,7 @@ cut out of URLs, and generated text is only included when asked (`include_text=T
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
@@ -16,7 +17,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -190,6 +191,7 @@ class OpenTelemetryTraces:
             ) from exc
         self._trace = trace
         self._tracer = trace.get_tracer("lmprog", tracer_provider=tracer_provider)
+        self._ids = _LmprogIds.installed_on(self._tracer)
         self.include_text = include_text
 
     def __call__(self, spans: list[Span]) -> None:
@@ -197,17 +199,60 @@ class OpenTelemetryTraces:
         for span in spans:  # parents are recorded before their children
             parent = made.get(span.parent_id or "")
             context = self._trace.set_span_in_context(parent) if parent is not None else None
-            otel = self._tracer.start_span(
-                _otel_name(span),
-                context=context,
-                start_time=int(span.start * 1e9),
-                attributes=_otel_attributes(span, self.include_text),
-            )
+            with self._ids.given(span) if self._ids else contextlib.nullcontext():
+                otel = self._tracer.start_span(
+                    _otel_name(span),
+                    context=context,
+                    start_time=int(span.start * 1e9),
+                    attributes=_otel_attributes(span, self.include_text),
+                )
             if span.error is not None:
                 otel.set_status(self._trace.Status(self._trace.StatusCode.ERROR, span.error))
             made[span.span_id] = otel
         for span in reversed(spans):
             made[span.span_id].end(end_time=int((span.end or span.start) * 1e9))
+
+
+class _LmprogIds:
+    """An OpenTelemetry SDK id generator that gives a re-emitted span its own lmprog ids, so
+    the `traceparent` its requests carried names the exported span, and the spans of a router
+    or engine that traces join the program's trace. Other spans get the SDK's own ids."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self._pending = threading.local()
+
+    @classmethod
+    def installed_on(cls, tracer: Any) -> _LmprogIds | None:
+        """The generator on `tracer` (lmprog's own instrumentation scope), installed if it is
+        not yet; None for a tracer that is not the SDK's (its ids stay its own)."""
+        generator = getattr(tracer, "id_generator", None)
+        if generator is None or isinstance(generator, cls):
+            return generator
+        tracer.id_generator = cls(generator)
+        return tracer.id_generator  # type: ignore[no-any-return]
+
+    @contextlib.contextmanager
+    def given(self, span: Span) -> Iterator[None]:
+        """Within the block, the span started on this thread takes `span`'s ids."""
+        self._pending.ids = (int(span.trace_id, 16), int(span.span_id, 16))
+        try:
+            yield
+        finally:
+            self._pending.ids = None
+
+    def generate_trace_id(self) -> int:
+        ids = getattr(self._pending, "ids", None)
+        return ids[0] if ids else int(self.fallback.generate_trace_id())
+
+    def generate_span_id(self) -> int:
+        ids = getattr(self._pending, "ids", None)
+        return ids[1] if ids else int(self.fallback.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        if getattr(self._pending, "ids", None):
+            return False  # lmprog's trace ids hold a time, a process id and a serial
+        return bool(self.fallback.is_trace_id_random())
 
 
 _GENAI_NAMES = {

@@ -98,6 +98,49 @@ def test_trace_to_writes_every_finished_program_as_json_lines(tmp_path: Path) ->
     assert all("text" not in r for r in records)  # generated text only when asked
 
 
+def test_exported_spans_keep_lmprogs_ids_so_a_traced_engine_joins_them() -> None:
+    """A request's `traceparent` names its span; exported through OpenTelemetry, that span has
+    the same ids, so spans an engine or router records under that parent join the program's."""
+    sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk not installed")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lmprog.backends.base import current_routing
+
+    carried: list[str] = []
+
+    def respond(request: lp.GenerateRequest) -> str:
+        routing = current_routing()
+        assert routing is not None
+        carried.append(routing.traceparent)
+        return "because"
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = lp.trace_to(lp.OpenTelemetryTraces(provider))
+    try:
+        state = qa.run("Why?", backend=ScriptedBackend(respond))
+    finally:
+        lp.stop_tracing(sink)
+    ours = {(span.trace_id, span.span_id) for span in state.trace()}
+    exported = {
+        (f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
+        for s in exporter.get_finished_spans()
+    }
+    assert exported == ours
+    requests = {  # the gen's and the select's
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-01"
+        for s in exporter.get_finished_spans()
+        if s.name.startswith("text_completion")
+    }
+    assert carried and set(carried) <= requests
+    # spans lmprog does not re-emit keep the SDK's own random ids
+    other = provider.get_tracer("lmprog").start_span("user's own")
+    assert f"{other.get_span_context().span_id:016x}" not in {i for _, i in ours}
+    other.end()
+
+
 def test_a_trace_never_holds_credentials() -> None:
     backend = lp.OpenAI(
         "m", base_url="http://user:s3cret-pw@127.0.0.1:9/v1?token=s3cret-q", api_key="sk-s3cret"
