@@ -193,37 +193,50 @@ class SGLang(Backend):
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
         start = 0
+        images = [_data_url(i.data, i.mime_type) for i in context.images]
         if len(context.prompt) >= LONG_PROMPT_CHARS:
-            counted = await self._http.post(
-                "/generate", {"text": context.prompt, "sampling_params": {"max_new_tokens": 0}}
+            count: dict[str, Any] = {
+                "text": context.prompt,
+                "sampling_params": {"max_new_tokens": 0},
+            }
+            if images:
+                count["image_data"] = images
+            start = max(
+                _prompt_tokens(await self._http.post("/generate", count)) - BOUNDARY_TOKENS, 0
             )
-            start = max(_prompt_tokens(counted) - BOUNDARY_TOKENS, 0)
-        scored = await self._scores(context.prompt, choices, method, start)
+        scored = await self._scores(context.prompt, images, choices, method, start)
         if scored is None:  # a choice leaves the prompt's tokens before `start`: read them all
-            scored = await self._scores(context.prompt, choices, method, 0)
+            scored = await self._scores(context.prompt, images, choices, method, 0)
         assert scored is not None
         return scored
 
     async def _scores(
-        self, prompt: str, choices: tuple[str, ...], method: ChoicesMethod, start: int
+        self,
+        prompt: str,
+        images: list[str],
+        choices: tuple[str, ...],
+        method: ChoicesMethod,
+        start: int,
     ) -> list[ChoiceLogprobs] | None:
         """Each choice's logprobs from the prompt's and every prompt+choice's input logprobs
-        (one batch), read from token `start` on; None if a choice's own tokens begin before
-        it."""
+        (one batch, each text with the prompt's images), read from token `start` on; None if a
+        choice's own tokens begin before it."""
         texts = [prompt] + [prompt + choice for choice in choices]
         starts = [start] * len(texts)
+        with_images = [images] * len(texts)
         if method.requires_unconditional_logprobs:
-            texts += list(choices)
+            texts += list(choices)  # a choice alone: no prompt, no images
             starts += [0] * len(choices)
-        results = await self._http.post(
-            "/generate",
-            {
-                "text": texts,
-                "sampling_params": {"max_new_tokens": 0},
-                "return_logprob": True,
-                "logprob_start_len": start if len(set(starts)) == 1 else starts,
-            },
-        )
+            with_images += [[]] * len(choices)
+        body: dict[str, Any] = {
+            "text": texts,
+            "sampling_params": {"max_new_tokens": 0},
+            "return_logprob": True,
+            "logprob_start_len": start if len(set(starts)) == 1 else starts,
+        }
+        if images:
+            body["image_data"] = with_images
+        results = await self._http.post("/generate", body)
         if not isinstance(results, list) or len(results) != len(texts):
             raise BackendResponseError(f"{self.name} answered a batch with {str(results)[:200]}")
         prompt_ids = _input_ids(_input_entries(results[0]))

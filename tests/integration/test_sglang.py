@@ -189,6 +189,27 @@ def test_images_and_chat_template_from_the_model_folder(server: FakeSGLang) -> N
     assert server.requests[-1]["image_data"][0].startswith("data:image/png;base64,")
 
 
+def test_a_select_after_an_image_scores_every_text_with_the_image(server: FakeSGLang) -> None:
+    @lp.function
+    def look(s):
+        s += lp.user("Cat or dog?" + lp.image(b"\x89PNG\r\n\x1a\nrest"))
+        s += lp.assistant(
+            lp.select("a", ["cat", "dog"], choices_method=lp.unconditional_likelihood_normalized)
+        )
+
+    state = look.run(backend=lp.SGLang(server.url))
+    assert state.error() is None
+    sent = server.requests[-1]["image_data"]
+    assert [len(images) for images in sent] == [
+        1,
+        1,
+        1,
+        0,
+        0,
+    ]  # prompt, prompt+choice; choices alone
+    assert all(images[0].startswith("data:image/png;base64,") for images in sent[:3])
+
+
 @lp.function
 def _chat(s):
     s += lp.user("Hi") + lp.assistant(lp.gen("a", max_tokens=4))
