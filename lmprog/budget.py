@@ -36,7 +36,15 @@ from lmprog.backends.base import (
 from lmprog.backends.openai import OpenAI
 from lmprog.choices import ChoiceLogprobs, ChoicesMethod
 from lmprog.errors import BackendResponseError, BudgetExceededError, UnsupportedFeatureError
-from lmprog.pricing import OPENAI_API_URL, Amount, Cost, Pricer, money, table_price
+from lmprog.pricing import (
+    OPENAI_API_URL,
+    Amount,
+    Cost,
+    Pricer,
+    currency_code,
+    money,
+    table_price,
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_cost is not None:
             object.__setattr__(self, "max_cost", money(self.max_cost, "Budget(max_cost=...)"))
-        if not self.currency or not self.currency.isalpha():
-            raise ValueError(
-                f"Budget(currency=...) must be a code like 'USD', got {self.currency!r}"
-            )
-        object.__setattr__(self, "currency", self.currency.upper())
+        object.__setattr__(self, "currency", currency_code(self.currency, "Budget(currency=...)"))
 
     @property
     def cost_limit(self) -> Cost | None:

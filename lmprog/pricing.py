@@ -31,6 +31,13 @@ def money(value: Amount, what: str) -> Decimal:
     return amount
 
 
+def currency_code(value: str, what: str) -> str:
+    """`value` as an upper-case currency code ("usd" -> "USD"), checked to be letters."""
+    if not value or not value.isalpha():
+        raise ValueError(f"{what} must be a code like 'USD', got {value!r}")
+    return value.upper()
+
+
 @dataclass(frozen=True)
 class Cost:
     """An amount of money in one currency."""
@@ -83,14 +90,12 @@ class Price:
     ) -> None:
         if not isinstance(per, int) or per <= 0:
             raise ValueError(f"lp.Price(per=...) must be a whole number of tokens, got {per!r}")
-        if not currency or not currency.isalpha():
-            raise ValueError(f"lp.Price(currency=...) must be a code like 'USD', got {currency!r}")
         object.__setattr__(self, "input", money(input, "lp.Price(input=...)"))
         object.__setattr__(self, "output", money(output, "lp.Price(output=...)"))
         cached = None if cached_input is None else money(cached_input, "lp.Price(cached_input=...)")
         object.__setattr__(self, "cached_input", cached)
         object.__setattr__(self, "per", per)
-        object.__setattr__(self, "currency", currency.upper())
+        object.__setattr__(self, "currency", currency_code(currency, "lp.Price(currency=...)"))
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Cost:
         """What one request's tokens cost (`cached_tokens` of its prompt tokens at the cached
