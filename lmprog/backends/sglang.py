@@ -184,7 +184,7 @@ class SGLang(Backend):
                 return_text_in_logprobs=True,
             )
         if request.images:
-            body["image_data"] = [_data_url(i.data, i.mime_type) for i in request.images]
+            body["image_data"] = _image_urls(request)
         return body
 
     # ----- select ----------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class SGLang(Backend):
         self, context: GenerateRequest, choices: tuple[str, ...], method: ChoicesMethod
     ) -> list[ChoiceLogprobs]:
         start = 0
-        images = [_data_url(i.data, i.mime_type) for i in context.images]
+        images = _image_urls(context)
         if len(context.prompt) >= LONG_PROMPT_CHARS:
             count: dict[str, Any] = {
                 "text": context.prompt,
@@ -350,8 +350,11 @@ def _generation(data: Any) -> Generation:
     )
 
 
-def _data_url(data: bytes, mime_type: str) -> str:
-    return f"data:{mime_type};base64,{base64.b64encode(data).decode()}"
+def _image_urls(request: GenerateRequest) -> list[str]:
+    """The request's images as SGLang's `image_data` takes them (data URLs)."""
+    return [
+        f"data:{i.mime_type};base64,{base64.b64encode(i.data).decode()}" for i in request.images
+    ]
 
 
 class _SGLangDialect(Dialect):
