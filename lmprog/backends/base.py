@@ -89,6 +89,7 @@ class TextCallback(Protocol):
 
     def __call__(self, piece: str, logprobs: Sequence[dict[str, Any]] = ()) -> None: ...
 
+
 # ----- the retry hook: a backend reports each request it sends again; whoever runs it (a
 # budget) may charge or refuse the retry. The transport never imports that policy.
 

@@ -1,8 +1,9 @@
 """One pooled HTTP client per backend, with errors that say what to do.
 
-It is aiohttp: against a server that answers at once, httpx's connection pool (httpcore, also
-under httpx2) checks every pooled connection's socket on every request, which capped a batch at
-~700 requests/s on this project's benchmark machine; aiohttp sent ~7,000 (bench/compare.py).
+Its transport is lmprog.backends.wire (asyncio and httptools): against a server that answers at
+once, httpx's connection pool capped a batch at ~700 requests/s on this project's benchmark
+machine, aiohttp's request objects cost ~200-250 us of CPU a request, and the wire's ~65-95 us
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from lmprog import loop as lmprog_loop
-from lmprog.backends.base import Routing, current_routing, note_retry
+from lmprog.backends import wire
+from lmprog.backends.base import current_routing, note_retry
 from lmprog.errors import (
-    BackendError,
     BackendResponseError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -70,21 +69,21 @@ class JsonClient:
         self.server = server
         self.timeout = timeout
         self._api_key = api_key
-        self._session: aiohttp.ClientSession | None = None
+        self._session: wire.HttpPool | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> wire.HttpPool:
         running = asyncio.get_running_loop()
         session = self._session
         if session is None or session.closed or self._session_loop is not running:
             key = self._api_key.reveal()
-            session = aiohttp.ClientSession(
+            session = wire.HttpPool(
+                self.base_url,
+                {**_JSON, **({"Authorization": f"Bearer {key}"} if key else {})},
+                connect_timeout=min(self.timeout, 10.0),
+                read_timeout=self.timeout,
                 # idle connections go before the server closes them (llama.cpp: after 5 s)
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=2.0),
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=min(self.timeout, 10.0), sock_read=self.timeout
-                ),
-                headers={**_JSON, **({"Authorization": f"Bearer {key}"} if key else {})},
+                keepalive=2.0,
             )
             self._session, self._session_loop = session, running
             lmprog_loop.close_with(self, running, session.close)
@@ -116,6 +115,13 @@ class JsonClient:
             attempt += 1
         if status >= 400:
             raise self._status_error(status, raw.decode(errors="replace"), path)
+        if status >= 300:
+            raise BackendResponseError(
+                f"{self.server} at {self.base_url}{path} answered HTTP {status}, a redirect to "
+                f"{headers.get('location')!r}, which lmprog does not follow: give the backend "
+                "the URL it redirects to",
+                status,
+            )
         try:
             try:
                 return json.loads(raw)
@@ -129,42 +135,27 @@ class JsonClient:
 
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
         """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
-        json.loads reads the bytes as they are, without aiohttp's charset detection."""
+        json.loads reads the bytes as they are."""
         routing = current_routing()
         try:
-            async with self._send(method, path, data, routing) as response:
-                if routing is not None:
-                    routing.observe(response.headers)
-                return response.status, response.headers, await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            answer, raw = await self._http().request(
+                method, path, data, routing.headers() if routing is not None else None
+            )
+        except wire.WireError as exc:
             raise self._failure(exc, path) from exc
+        if routing is not None:
+            routing.observe(answer.headers)
+        return answer.status, answer.headers, raw
 
-    def _send(
-        self, method: str, path: str, data: bytes | None, routing: Routing | None
-    ) -> Any:
-        """The request (an aiohttp context manager), carrying the sending program's routing
-        headers (lmprog.backends.base.Routing). Its session token is kept by the caller."""
-        headers = routing.headers() if routing is not None else None
-        return self._http().request(method, self.base_url + path, data=data, headers=headers)
-
-    def _failure(self, exc: BaseException, path: str) -> Exception:
-        """aiohttp's failures as lmprog's errors, or _Dropped where sending again is safe;
-        asyncio.TimeoutError is aiohttp's read timeout (not a ClientError)."""
-        if isinstance(exc, aiohttp.ClientError):
-            return self._classify(exc, path)
-        return self._timeout(path)
-
-    def _classify(self, exc: aiohttp.ClientError, path: str) -> Exception:
-        """What cannot have produced an answer is retried: no connection, or one dropped
-        before the answer came (generation has no side effects). A read timeout is the
-        user's bound and is not stretched by retrying."""
-        if isinstance(exc, aiohttp.SocketTimeoutError):
+    def _failure(self, exc: wire.WireError, path: str) -> Exception:
+        """The transport's failures as lmprog's errors, or _Dropped where sending again is
+        safe: no connection, or one dropped before the answer came (generation has no side
+        effects). A read timeout is the user's bound and is not stretched by retrying."""
+        if isinstance(exc, wire.ReadTimeout):
             return self._timeout(path)
-        if isinstance(exc, aiohttp.ClientConnectionError):
+        if isinstance(exc, wire.ConnectionFailed):
             return _Dropped(str(exc))
-        return BackendError(
-            f"request to {self.server} at {self.base_url}{path} failed: {type(exc).__name__}: {exc}"
-        )
+        return BackendResponseError(f"{self.server} at {self.base_url}{path}: {exc}")
 
     async def stream_events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         """POST and yield the JSON payload of each `data:` line of a server-sent event stream.
@@ -190,15 +181,17 @@ class JsonClient:
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
         routing = current_routing()
+        headers = routing.headers() if routing is not None else None
+        stream = self._http().stream("POST", path, json.dumps(body).encode(), headers)
         try:
-            async with self._send("POST", path, json.dumps(body).encode(), routing) as response:
+            async with stream as answer:
                 if routing is not None:
-                    routing.observe(response.headers)
-                if response.status >= 400:
-                    text = await response.text(errors="replace")
-                    raise self._status_error(response.status, text, path)
+                    routing.observe(answer.headers)
+                if answer.status >= 400:
+                    text = b"".join([chunk async for chunk in stream])
+                    raise self._status_error(answer.status, text.decode(errors="replace"), path)
                 pending = b""
-                async for data in response.content.iter_any():
+                async for data in stream:
                     pending += data
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
@@ -210,7 +203,7 @@ class JsonClient:
                 event = self._event(pending)
                 if event is not None and event is not _DONE:
                     yield event
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except wire.WireError as exc:
             raise self._failure(exc, path) from exc
 
     def _event(self, line: bytes) -> Any:
@@ -259,5 +252,5 @@ class JsonClient:
             self._session = None
 
 
-_JSON = {"Content-Type": "application/json"}  # every body is JSON: set once, on the session
+_JSON = {"Content-Type": "application/json"}  # every body is JSON: set once, on the pool
 _DONE = object()

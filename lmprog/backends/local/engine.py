@@ -230,9 +230,7 @@ class Engine:
         if not self._prefilling:
             return
         try:
-            finished = chunk_pass(
-                self.forward, list(self._prefilling), PREFILL_BUDGET, self.device
-            )
+            finished = chunk_pass(self.forward, list(self._prefilling), PREFILL_BUDGET, self.device)
         except Exception as exc:  # fails the prompts in prefill, not the decoding rows
             jobs, self._prefilling = list(self._prefilling.values()), {}
             for job in jobs:
