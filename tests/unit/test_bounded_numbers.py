@@ -25,6 +25,7 @@ from lmprog.constraints import (
     make_constraint,
     schema_constraint,
 )
+from lmprog.errors import ConstraintError
 from lmprog.partial import partial_reader
 
 TINY_EOS = 1
@@ -152,3 +153,13 @@ def test_walks_that_favour_digits_still_end_each_fraction_at_the_bound(
             data += vocabulary.tokens[token] or b""
         fractions += re.findall(r"\.([0-9]+)", data.decode())
     assert fractions and max(len(fraction) for fraction in fractions) == FRACTION_DIGITS
+
+
+def test_a_schema_given_as_text_is_made_once_and_outputs_checked_as_before() -> None:
+    text = json.dumps({"type": "object", "properties": {"x": {"type": "number"}}})
+    constraint = schema_constraint(text)
+    assert schema_constraint(text) is constraint  # a batch passes the same text every run
+    assert constraint.parse('{"x": 1.5}') == {"x": 1.5}
+    assert constraint.parse('{"x": 1e999}') == {"x": float("inf")}  # JSON, though no double
+    with pytest.raises(ConstraintError, match="violates the JSON schema: 'a' is not of type"):
+        constraint.parse('{"x": "a"}')
