@@ -60,16 +60,17 @@ def run_once(tool: Tool, target: Target, workload: Workload, programs: int) -> S
         sent = tokens_after["sent"] - tokens_before["sent"]
         cached = tokens_after["cached"] - tokens_before["cached"]
     own = None
-    if outcome.cache is not None:
+    report = outcome.cache()
+    if report is not None:
         own = {
-            "prompt_tokens": outcome.cache.prompt_tokens,
-            "cached_tokens": outcome.cache.cached_tokens,
-            "gen_requests": outcome.cache.requests,
+            "prompt_tokens": report.prompt_tokens,
+            "cached_tokens": report.cached_tokens,
+            "gen_requests": report.requests,
         }
         if target.openai_url is None:  # lp.Local: lmprog's report is the engine's own count
-            requests = outcome.cache.requests + outcome.cache.uncounted_selects
-            if not outcome.cache.uncounted_selects:  # a select's tokens are not counted
-                sent, cached = outcome.cache.prompt_tokens, outcome.cache.cached_tokens
+            requests = report.requests + report.uncounted_selects
+            if not report.uncounted_selects:  # a select's tokens are not counted
+                sent, cached = report.prompt_tokens, report.cached_tokens
     return Sample(wall, outcome.programs, requests, sent, cached, outcome.errors, own)
 
 

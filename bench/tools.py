@@ -38,6 +38,7 @@ import openai
 import lmprog as lp
 from bench.targets import Target
 from bench.workloads import Req, Workload, programs
+from lmprog.backends import wire
 from lmprog.paths import cache_dir
 
 _count_lock = threading.Lock()
@@ -65,7 +66,9 @@ def count_requests() -> None:
     for module in (httpx, httpx2):
         wrap(module.AsyncHTTPTransport, "handle_async_request")
         wrap(module.HTTPTransport, "handle_request")
-    wrap(aiohttp.ClientSession, "_request")  # lmprog's client, and the SDK's aiohttp transport
+    wrap(aiohttp.ClientSession, "_request")  # the SDK's aiohttp transport, and the raw loop
+    wrap(wire.HttpPool, "request")  # lmprog's own client (JsonClient)
+    wrap(wire.HttpPool, "stream")
     wrap(urllib.request.OpenerDirector, "open")
 
 
@@ -84,7 +87,11 @@ def requests_sent() -> int:
 class Outcome:
     programs: int
     errors: list[str]
-    cache: lp.CacheReport | None = None  # lmprog's own report of prompt tokens (lmprog only)
+    states: list[lp.ProgramState] | None = None  # lmprog's: its cache report is read untimed
+
+    def cache(self) -> lp.CacheReport | None:
+        """lmprog's own report of prompt tokens (lmprog only)."""
+        return None if self.states is None else lp.cache_report(self.states)
 
 
 class Tool(Protocol):
@@ -125,7 +132,7 @@ class Lmprog:
             batch, backend=self.backend(target), max_concurrency=target.concurrency, temperature=0
         )
         errors = [repr(s.error()) for s in states if s.error() is not None]
-        return Outcome(len(batch), errors, lp.cache_report(states))
+        return Outcome(len(batch), errors, states)
 
 
 class LmprogPromptLogprobs(Lmprog):
