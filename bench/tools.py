@@ -355,6 +355,38 @@ class RawAiohttp(_HandWritten):
             return await run_scripts(workload, batch, target.concurrency or 64, complete)
 
 
+class RawWire(_HandWritten):
+    """The same raw loop on lmprog's own transport (lmprog.backends.wire) instead of aiohttp:
+    what lmprog's machinery costs above the client it sends with."""
+
+    name = "asyncio + lmprog's wire (raw loop)"
+
+    async def _run(
+        self, target: Target, workload: Workload, batch: list[dict[str, Any]]
+    ) -> Outcome:
+        assert target.openai_url is not None
+        pool = wire.HttpPool(
+            target.openai_url,
+            {"Content-Type": "application/json"},
+            connect_timeout=10.0,
+            read_timeout=600.0,
+        )
+
+        async def complete(request: Req) -> str:
+            arguments = _arguments(target, request)
+            body = {**arguments, **arguments.pop("extra_body")}
+            answer, data = await pool.request("POST", "/completions", json.dumps(body).encode())
+            reply = json.loads(data)
+            if answer.status != 200:
+                raise RuntimeError(f"HTTP {answer.status}: {reply}")
+            return str(reply["choices"][0]["text"])
+
+        try:
+            return await run_scripts(workload, batch, target.concurrency or 64, complete)
+        finally:
+            await pool.close()
+
+
 async def run_scripts(
     workload: Workload,
     batch: list[dict[str, Any]],
@@ -423,6 +455,7 @@ def all_tools() -> tuple[list[Tool], dict[str, str]]:
         Ceiling(),
         Ceiling(default_client=True),
         RawAiohttp(),
+        RawWire(),
         Lmprog(),
         Lmprog(native=True),
     ]
