@@ -18,6 +18,7 @@ from lmprog import loop as lmprog_loop
 from lmprog.backends import wire
 from lmprog.backends.base import current_routing, note_retry
 from lmprog.errors import (
+    BackendError,
     BackendResponseError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -155,6 +156,8 @@ class JsonClient:
             return self._timeout(path)
         if isinstance(exc, wire.ConnectionFailed):
             return _Dropped(str(exc))
+        if isinstance(exc, wire.Untrusted):
+            return BackendError(f"cannot connect to {self.server} at {self.base_url}: {exc}")
         return BackendResponseError(f"{self.server} at {self.base_url}{path}: {exc}")
 
     async def stream_events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:

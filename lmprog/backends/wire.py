@@ -39,6 +39,10 @@ class BadAnswer(WireError):
     """The server's bytes are not HTTP/1.1 this client can read."""
 
 
+class Untrusted(WireError):
+    """The server's TLS certificate is not signed by an authority trusted here."""
+
+
 class Answer:
     """An answer's status and headers (names lower-cased; a repeated header keeps its last)."""
 
@@ -215,10 +219,11 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Keep-alive connections to the origin of `url`, at most `limit` at once.
 
-    `headers` go with every request. A connection idle for `keepalive` seconds is not reused
-    (servers close theirs: llama.cpp after 5 s), and one the server closed while idle is
-    replaced by a fresh one without the caller seeing it. A request cancelled while in flight
-    closes its connection, which tells an engine to stop generating.
+    `headers` go with every request; `tls` is the context an https URL connects with. A
+    connection idle for `keepalive` seconds is not reused (servers close theirs: llama.cpp
+    after 5 s), and one the server closed while idle is replaced by a fresh one without the
+    caller seeing it. A request cancelled while in flight closes its connection, which tells
+    an engine to stop generating.
     """
 
     def __init__(
@@ -230,13 +235,15 @@ class HttpPool:
         read_timeout: float,
         limit: int = 256,
         keepalive: float = 2.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        # https: `tls`, else the system's certificate authorities, as aiohttp and the SDK use
+        self._ssl = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
         self._fixed = f"Host: {parts.netloc}\r\nUser-Agent: lmprog\r\n{_lines(headers)}"
         self._connect_timeout = connect_timeout
@@ -330,6 +337,11 @@ class HttpPool:
             )
         except asyncio.TimeoutError as exc:
             raise ConnectionFailed(f"no connection within {self._connect_timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:  # sending again would not help
+            raise Untrusted(
+                f"the server's TLS certificate is not trusted here ({exc.verify_message}): add "
+                "its certificate authority to the system's, or name a bundle in SSL_CERT_FILE"
+            ) from exc
         except OSError as exc:
             raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
         self._open.add(connection)

@@ -4,6 +4,7 @@ bytes a real server could (framings, closes, silences), and the client must read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -276,3 +277,40 @@ def test_a_header_with_a_line_break_is_refused() -> None:
         )
     with pytest.raises(ValueError, match="not an http"):
         wire.HttpPool("ftp://example.com", {}, connect_timeout=1.0, read_timeout=1.0)
+
+
+async def test_https_is_spoken_with_the_given_authority_and_refused_without_it() -> None:
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer(b'{"secure": true}' if head else b""))
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    trusted = wire.HttpPool(
+        f"https://127.0.0.1:{port}", {}, connect_timeout=5.0, read_timeout=5.0, tls=client_tls
+    )
+    untrusted = wire.HttpPool(
+        f"https://127.0.0.1:{port}", {}, connect_timeout=5.0, read_timeout=5.0
+    )
+    try:
+        for _ in range(2):
+            assert (await trusted.request("GET", "/"))[1] == b'{"secure": true}'
+        with pytest.raises(wire.Untrusted, match=r"not trusted here.*SSL_CERT_FILE"):
+            await untrusted.request("GET", "/")  # the system's authorities do not know it
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        server.close()
