@@ -265,8 +265,8 @@ class HttpPool:
         head = self._head(method, path, body, headers)
         async with self._slots:
             connection = await self._exchange(head, body, streaming=False)
+            answer, data = connection.whole()  # read before another request may reuse it
             self._release(connection)
-        answer, data = connection.whole()
         return answer, _decoded(answer, data)
 
     def stream(
