@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def common_prefix_length(a: str, b: str) -> int:
-    """Length of the common prefix, by bisection on slice comparisons (C speed)."""
+def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the common prefix of two texts or two lists, by bisection on slice
+    comparisons (C speed); `a` and `b` are of one type (a tuple never equals a list)."""
     low, high = 0, min(len(a), len(b))
     while low < high:
         middle = (low + high + 1) // 2
@@ -25,16 +26,6 @@ def common_prefix_length(a: str, b: str) -> int:
         else:
             high = middle - 1
     return low
-
-
-def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading token ids two tokenizations share (where a choice's tokens start)."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class PrefixIndex(Generic[T]):
@@ -88,5 +79,5 @@ def split_choice(
     `full` may hold richer entries than ids (`token_id` reads the id of one); the split comes
     at `at_least` or later (a first token that has no logprob)."""
     ids = [token_id(entry) for entry in full] if token_id else full
-    shared = max(at_least, shared_prefix_length(prompt_ids, ids))  # type: ignore[arg-type]
+    shared = max(at_least, common_prefix_length(list(prompt_ids), ids))
     return full[:shared], full[shared:]
