@@ -14,6 +14,8 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from lmprog import loop as lmprog_loop
 from lmprog.backends import wire
 from lmprog.backends.base import current_routing, note_retry
@@ -123,6 +125,12 @@ class JsonClient:
                 "the URL it redirects to",
                 status,
             )
+        try:
+            # orjson reads a select's logprob lists ~4x faster than json; json reads what
+            # orjson refuses: NaN and Infinity (Python servers write them), text not UTF-8
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
         try:
             try:
                 return json.loads(raw)

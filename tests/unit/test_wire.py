@@ -314,3 +314,26 @@ async def test_https_is_spoken_with_the_given_authority_and_refused_without_it()
         await trusted.close()
         await untrusted.close()
         server.close()
+
+
+async def test_json_client_reads_what_python_servers_write_beyond_json(serve) -> None:
+    """orjson reads answers first; NaN and Infinity (Python's json writes them) and text that
+    is not UTF-8 still read as json reads them."""
+    from lmprog.backends.http import JsonClient, Secret
+
+    bodies = [b'{"logprob": -Infinity, "x": NaN}', b'{"text": "caf\xe9"}', b'{"ok": 1}']
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while bodies:
+            await scripted.read_request(reader)
+            writer.write(answer(bodies.pop(0)))
+
+    scripted, pool = await serve(handler)
+    client = JsonClient(f"http://127.0.0.1:{pool._port}", "the test server", 5.0, Secret(None))
+    try:
+        first = await client.post("/generate", {})
+        assert first["logprob"] == float("-inf") and first["x"] != first["x"]  # NaN
+        assert await client.post("/generate", {}) == {"text": "caf\ufffd"}
+        assert await client.get("/health") == {"ok": 1}
+    finally:
+        await client.aclose()
