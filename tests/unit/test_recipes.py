@@ -458,10 +458,10 @@ def test_the_directive_check_rejects_bad_directives() -> None:
 # error, MODE=hang never listens.
 FAKE_ENGINE = """\
 import json, os, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-sys.path.insert(0, os.environ["SUPPORT_DIR"])
 with open(os.environ["ENGINE_RECORD"], "a") as f:
     f.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:]}) + "\\n")
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+sys.path.insert(0, os.environ["SUPPORT_DIR"])
 mode = os.environ.get("MODE", "ok")
 if mode == "crash":
     print("RuntimeError: CUDA out of memory (stand-in)", flush=True)
@@ -618,7 +618,9 @@ def test_a_crashing_engine_fails_the_job_at_once_with_its_log(slurm_job: SlurmJo
 
 
 def test_an_engine_that_never_gets_healthy_times_out_and_is_stopped(slurm_job: SlurmJob) -> None:
-    result = slurm_job.run("in", "out", MODE="hang", HEALTH_TIMEOUT="1")
+    # 3 s, not 1: bash counts whole seconds, so a 1 s deadline could pass before the stand-in
+    # had started and written its record (seen once on a loaded CI machine)
+    result = slurm_job.run("in", "out", MODE="hang", HEALTH_TIMEOUT="3")
     assert result.returncode == 1
     assert "not healthy at http://localhost:" in result.stderr
     [engine] = slurm_job.engines()
