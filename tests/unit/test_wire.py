@@ -39,14 +39,32 @@ class Scripted:
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        body = await reader.readexactly(length)
+        """The next request's body; the whole request is kept in `requests`."""
+        head, body = await read_request(reader)
         self.requests.append(head + body)
         return body
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request from the socket: (head, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
+def replying_once(raw: bytes, linger: float = 0.0) -> Handler:
+    """A handler that reads one request, writes `raw`, and keeps the socket `linger` s more."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(linger)
+
+    return handler
 
 
 @pytest.fixture
@@ -146,24 +164,14 @@ async def test_an_idle_connection_the_server_closed_is_replaced_unseen(serve) ->
 
 
 async def test_a_connection_dropped_before_the_answer_fails(serve) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await scripted.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-        await writer.drain()
-
-    scripted, pool = await serve(handler)
+    _, pool = await serve(replying_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"))
     with pytest.raises(wire.ConnectionFailed, match="closed the connection"):
         await pool.request("GET", "/")
 
 
 async def test_silence_is_a_read_timeout_and_a_refused_port_a_failed_connection(serve) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await scripted.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
-        await writer.drain()
-        await asyncio.sleep(10)
-
-    scripted, pool = await serve(handler, read_timeout=0.3)
+    started_answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+    _, pool = await serve(replying_once(started_answer, linger=10), read_timeout=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(wire.ReadTimeout, match=r"0\.3s"):
@@ -176,13 +184,7 @@ async def test_silence_is_a_read_timeout_and_a_refused_port_a_failed_connection(
 
 
 async def test_bytes_that_are_not_http_are_a_bad_answer(serve) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await scripted.read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    scripted, pool = await serve(handler)
+    _, pool = await serve(replying_once(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", linger=1))
     with pytest.raises(wire.BadAnswer, match="not valid HTTP"):
         await pool.request("GET", "/")
 
@@ -259,11 +261,8 @@ async def test_a_connection_idle_past_keepalive_is_not_reused(serve) -> None:
 
 
 async def test_a_compressed_body_is_decompressed(serve) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await scripted.read_request(reader)
-        writer.write(answer(gzip.compress(b'{"ok": true}'), extra="Content-Encoding: gzip\r\n"))
-
-    scripted, pool = await serve(handler)
+    compressed = answer(gzip.compress(b'{"ok": true}'), extra="Content-Encoding: gzip\r\n")
+    _, pool = await serve(replying_once(compressed))
     assert (await pool.request("GET", "/"))[1] == b'{"ok": true}'
 
 
