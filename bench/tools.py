@@ -344,15 +344,24 @@ class RawAiohttp(_HandWritten):
         ) as session:
 
             async def complete(request: Req) -> str:
-                arguments = _arguments(target, request)
-                body = {**arguments, **arguments.pop("extra_body")}
-                async with session.post(url, data=json.dumps(body).encode()) as response:
-                    reply = json.loads(await response.read())
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}: {reply}")
-                return str(reply["choices"][0]["text"])
+                async with session.post(url, data=_raw_body(target, request)) as response:
+                    return _raw_text(response.status, await response.read())
 
             return await run_scripts(workload, batch, target.concurrency or 64, complete)
+
+
+def _raw_body(target: Target, request: Req) -> bytes:
+    """A raw loop's completions request, its JSON written by hand."""
+    arguments = _arguments(target, request)
+    return json.dumps({**arguments, **arguments.pop("extra_body")}).encode()
+
+
+def _raw_text(status: int, data: bytes) -> str:
+    """The text of a raw loop's completions answer, read by hand."""
+    reply = json.loads(data)
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {reply}")
+    return str(reply["choices"][0]["text"])
 
 
 class RawWire(_HandWritten):
@@ -373,13 +382,8 @@ class RawWire(_HandWritten):
         )
 
         async def complete(request: Req) -> str:
-            arguments = _arguments(target, request)
-            body = {**arguments, **arguments.pop("extra_body")}
-            answer, data = await pool.request("POST", "/completions", json.dumps(body).encode())
-            reply = json.loads(data)
-            if answer.status != 200:
-                raise RuntimeError(f"HTTP {answer.status}: {reply}")
-            return str(reply["choices"][0]["text"])
+            answer, data = await pool.request("POST", "/completions", _raw_body(target, request))
+            return _raw_text(answer.status, data)
 
         try:
             return await run_scripts(workload, batch, target.concurrency or 64, complete)
