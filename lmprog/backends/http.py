@@ -61,8 +61,8 @@ class _Dropped(Exception):
 
 class JsonClient:
     """POST/GET JSON and server-sent events against one server, mapping failures to lmprog
-    errors. The session is made on the loop that first uses it (again if another loop uses it
-    later) and closed when the client is, or when it is garbage-collected."""
+    errors. The connection pool is made on the loop that first uses it (again if another loop
+    uses it later) and closed when the client is, or when it is garbage-collected."""
 
     def __init__(
         self, base_url: str, server: str, timeout: float, api_key: Secret, max_retries: int = 3
@@ -72,15 +72,15 @@ class JsonClient:
         self.server = server
         self.timeout = timeout
         self._api_key = api_key
-        self._session: wire.HttpPool | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._pool: wire.HttpPool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
 
     def _http(self) -> wire.HttpPool:
         running = asyncio.get_running_loop()
-        session = self._session
-        if session is None or session.closed or self._session_loop is not running:
+        pool = self._pool
+        if pool is None or pool.closed or self._pool_loop is not running:
             key = self._api_key.reveal()
-            session = wire.HttpPool(
+            pool = wire.HttpPool(
                 self.base_url,
                 {**_JSON, **({"Authorization": f"Bearer {key}"} if key else {})},
                 connect_timeout=min(self.timeout, 10.0),
@@ -88,9 +88,9 @@ class JsonClient:
                 # idle connections go before the server closes them (llama.cpp: after 5 s)
                 keepalive=2.0,
             )
-            self._session, self._session_loop = session, running
-            lmprog_loop.close_with(self, running, session.close)
-        return session
+            self._pool, self._pool_loop = pool, running
+            lmprog_loop.close_with(self, running, pool.close)
+        return pool
 
     async def get(self, path: str) -> Any:
         return await self._request("GET", path, None)
@@ -125,16 +125,20 @@ class JsonClient:
                 "the URL it redirects to",
                 status,
             )
+        return self._parsed(raw, path)
+
+    def _parsed(self, raw: bytes, path: str) -> Any:
+        """A JSON body, read as bytes (JSON is UTF-8: RFC 8259). orjson reads a select's
+        logprob lists ~4x faster than json; json reads what orjson refuses: NaN and Infinity
+        (Python servers write them), and text that is not UTF-8 (bad bytes replaced)."""
         try:
-            # orjson reads a select's logprob lists ~4x faster than json; json reads what
-            # orjson refuses: NaN and Infinity (Python servers write them), text not UTF-8
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
         try:
             try:
                 return json.loads(raw)
-            except UnicodeDecodeError:  # not UTF-8: read as before, bad bytes replaced
+            except UnicodeDecodeError:
                 return json.loads(raw.decode(errors="replace"))
         except json.JSONDecodeError as exc:
             raise BackendResponseError(
@@ -143,8 +147,7 @@ class JsonClient:
             ) from exc
 
     async def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, Any, bytes]:
-        """One request: (status, headers, body bytes). JSON bodies are UTF-8 (RFC 8259):
-        json.loads reads the bytes as they are."""
+        """One request: (status, headers, body bytes)."""
         routing = current_routing()
         try:
             answer, raw = await self._http().request(
@@ -258,9 +261,9 @@ class JsonClient:
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
 
 _JSON = {"Content-Type": "application/json"}  # every body is JSON: set once, on the pool
