@@ -209,7 +209,7 @@ def test_the_int8_head_picks_the_float32_heads_best_token() -> None:
     ).eval()
     tokenizer = tokenizers.Tokenizer.from_file(str(resolve_model(None).path / "tokenizer.json"))
     ids = tokenizer.encode(Path(__file__).read_text()[:4000]).ids
-    packed, exact = OutputHead(model, int8=True), OutputHead(model, int8=False)
+    packed, exact = OutputHead(model, packed=True), OutputHead(model, packed=False)
     with torch.inference_mode():
         hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
         for rows in hidden.split(64):

@@ -28,7 +28,12 @@ try:  # the `local` extra
     from lmprog.backends.local.forward import model_forward
     from lmprog.backends.local.head import OutputHead
     from lmprog.backends.local.masks import ConstraintMasker, ConstraintState, TokenVocabulary
-    from lmprog.backends.local.packing import WeightForm, pack_layers, resolve_form
+    from lmprog.backends.local.packing import (
+        WeightForm,
+        attach_groups,
+        pack_layers,
+        resolve_form,
+    )
 except ModuleNotFoundError as exc:
     raise (missing_local_extra(exc, "lp.Local") or exc) from exc
 from lmprog.backends.local.weights import ModelFiles, resolve_model
@@ -128,13 +133,15 @@ class Local(Backend):
             raise LmprogError(f"{self.name} cannot load the model in {files.path}: {exc}") from exc
         model.to(self.device).eval()
         packed = self.weights == "packed"
+        if packed:
+            attach_groups(model, files.path)  # before the lean pass fuses the Linears
         forward = model_forward(model)  # the engine keeps this and the head, not the model
         if packed:
             pack_layers(forward, model.get_output_embeddings())
         config = model.config.get_text_config()
         engine = Engine(
             forward,
-            OutputHead(model, int8=packed),
+            OutputHead(model, packed=packed),
             eos_token_ids=files.eos_token_ids,
             detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
             token_text=lambda i: tokenizer.decode([i], skip_special_tokens=False),

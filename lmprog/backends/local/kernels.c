@@ -1,0 +1,169 @@
+/* lp.Local's AVX2 kernels for decode steps on a CPU (built and loaded by native.py).
+
+   A decode step multiplies a few activation rows by every weight once, so it costs what its
+   weight bytes cost to read. These two products read fewer bytes than torch's kernels can:
+
+   - lmk_gemv_i8: float32 rows times int8 weights with a float32 scale (and optionally an
+     offset) per group of G columns. GGUF's Q8_0, Q5_0, Q4_K and Q6_K blocks are exactly such
+     groups, so a layer runs on the GGUF's own values at ~1.1 bytes a weight (float16: 2).
+   - lmk_scan_q4: the output head's first pass, 4-bit weights (32 bytes and a scale per 64)
+     times int8-quantized rows. Only its ranking is used: the best candidates are rescored
+     exactly afterwards (head.py).
+
+   Each computes output columns [n0, n1), so callers can split one product across threads. */
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MAX_ROWS 4 /* activation rows computed per pass over the weights */
+
+static inline float sum8(__m256 v) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    half = _mm_hadd_ps(half, half);
+    half = _mm_hadd_ps(half, half);
+    return _mm_cvtss_f32(half);
+}
+
+static inline __m256 int8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* rows of x (stride k) times weight rows [n0, n1): out[r * n + j]. */
+static inline void gemv_i8_rows(const int8_t *w, const float *scale, const float *offset,
+                                const float *xsum, const float *x, float *out, int rows,
+                                int64_t n, int64_t k, int64_t g, int64_t n0, int64_t n1) {
+    int64_t groups = k / g;
+    for (int64_t j = n0; j < n1; j++) {
+        const int8_t *wj = w + j * k;
+        const float *sj = scale + j * groups;
+        __m256 total[MAX_ROWS];
+        for (int r = 0; r < rows; r++) total[r] = _mm256_setzero_ps();
+        for (int64_t group = 0; group < groups; group++) {
+            __m256 acc[MAX_ROWS];
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+            for (int64_t c = group * g; c < (group + 1) * g; c += 8) {
+                __m256 wc = int8x8(wj + c);
+                for (int r = 0; r < rows; r++)
+                    acc[r] = _mm256_fmadd_ps(wc, _mm256_loadu_ps(x + r * k + c), acc[r]);
+            }
+            __m256 s = _mm256_broadcast_ss(sj + group);
+            for (int r = 0; r < rows; r++) total[r] = _mm256_fmadd_ps(acc[r], s, total[r]);
+        }
+        for (int r = 0; r < rows; r++) {
+            float value = sum8(total[r]);
+            if (offset != NULL) {
+                const float *oj = offset + j * groups, *xr = xsum + r * groups;
+                for (int64_t group = 0; group < groups; group++) value += oj[group] * xr[group];
+            }
+            out[r * n + j] = value;
+        }
+    }
+}
+
+/* out[r, j] = sum_c x[r, c] * (scale[j, c / g] * w[j, c] + offset[j, c / g]) for r < rows,
+   n0 <= j < n1. offset may be NULL (symmetric groups). g is a multiple of 8 dividing k. */
+void lmk_gemv_i8(const int8_t *w, const float *scale, const float *offset, const float *x,
+                 float *out, int64_t rows, int64_t n, int64_t k, int64_t g, int64_t n0,
+                 int64_t n1) {
+    int64_t groups = k / g;
+    float *xsum = NULL;
+    if (offset != NULL) {
+        xsum = malloc(sizeof(float) * rows * groups);
+        for (int64_t i = 0; i < rows * groups; i++) {
+            float s = 0;
+            for (int64_t c = 0; c < g; c++) s += x[i * g + c];
+            xsum[i] = s;
+        }
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+        int block = rows - r0 < MAX_ROWS ? (int)(rows - r0) : MAX_ROWS;
+        const float *xs = xsum == NULL ? NULL : xsum + r0 * groups;
+        /* a constant row count per call lets the compiler keep the accumulators in registers */
+        switch (block) {
+        case 1: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 1, n, k, g, n0, n1); break;
+        case 2: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 2, n, k, g, n0, n1); break;
+        case 3: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 3, n, k, g, n0, n1); break;
+        default: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 4, n, k, g, n0, n1); break;
+        }
+    }
+    free(xsum);
+}
+
+/* rows of quantized x times weight rows [n0, n1), for lmk_scan_q4. */
+static inline void scan_q4_rows(const uint8_t *w, const float *scale, const int8_t *xq,
+                                const float *step, const int32_t *xsum, float *out, int rows,
+                                int64_t n, int64_t k, int64_t n0, int64_t n1) {
+    int64_t groups = k / 64;
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t j = n0; j < n1; j++) {
+        const uint8_t *wj = w + j * (k / 2);
+        const float *sj = scale + j * groups;
+        __m256 total[MAX_ROWS];
+        float correction[MAX_ROWS];
+        for (int r = 0; r < rows; r++) total[r] = _mm256_setzero_ps(), correction[r] = 0;
+        for (int64_t group = 0; group < groups; group++) {
+            __m256i bytes = _mm256_loadu_si256((const __m256i *)(wj + group * 32));
+            __m256i low = _mm256_and_si256(bytes, nibble);
+            __m256i high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
+            __m256 s = _mm256_broadcast_ss(sj + group);
+            for (int r = 0; r < rows; r++) {
+                const int8_t *xg = xq + r * k + group * 64;
+                /* u * x pairs are at most 2 * 15 * 127 in magnitude: two of them fit int16 */
+                __m256i pairs = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)xg)),
+                    _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(xg + 32))));
+                __m256i sums = _mm256_madd_epi16(pairs, ones);
+                total[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, total[r]);
+                correction[r] += sj[group] * (float)xsum[r * groups + group];
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            out[r * n + j] = (sum8(total[r]) - 8.0f * correction[r]) * step[r];
+    }
+}
+
+/* Approximate out[r, j] = x[r] . w[j], for the head's first pass. w: per row k / 2 bytes; per
+   group of 64 columns 32 bytes whose byte i holds u[i] (low nibble) and u[i + 32] (high), the
+   weight being scale[j, group] * (u - 8). Each row of x is quantized here to int8 with one
+   scale (the pass only ranks; its best candidates are rescored exactly). */
+void lmk_scan_q4(const uint8_t *w, const float *scale, const float *x, float *out, int64_t rows,
+                 int64_t n, int64_t k, int64_t n0, int64_t n1) {
+    int64_t groups = k / 64;
+    int8_t *xq = malloc(rows * k);
+    float *step = malloc(sizeof(float) * rows);
+    int32_t *xsum = malloc(sizeof(int32_t) * rows * groups); /* what the "- 8"s take away */
+    for (int64_t r = 0; r < rows; r++) {
+        const float *v = x + r * k;
+        float most = 0;
+        for (int64_t c = 0; c < k; c++) most = fmaxf(most, fabsf(v[c]));
+        float inverse = most > 0 ? 127 / most : 0;
+        step[r] = most / 127;
+        for (int64_t group = 0; group < groups; group++) {
+            int32_t sum = 0;
+            for (int64_t c = group * 64; c < (group + 1) * 64; c++) {
+                int q = (int)lrintf(v[c] * inverse);
+                xq[r * k + c] = (int8_t)q;
+                sum += q;
+            }
+            xsum[r * groups + group] = sum;
+        }
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+        int block = rows - r0 < MAX_ROWS ? (int)(rows - r0) : MAX_ROWS;
+        const int8_t *xb = xq + r0 * k;
+        const int32_t *sb = xsum + r0 * groups;
+        float *ob = out + r0 * n;
+        switch (block) {
+        case 1: scan_q4_rows(w, scale, xb, step + r0, sb, ob, 1, n, k, n0, n1); break;
+        case 2: scan_q4_rows(w, scale, xb, step + r0, sb, ob, 2, n, k, n0, n1); break;
+        case 3: scan_q4_rows(w, scale, xb, step + r0, sb, ob, 3, n, k, n0, n1); break;
+        default: scan_q4_rows(w, scale, xb, step + r0, sb, ob, 4, n, k, n0, n1); break;
+        }
+    }
+    free(xq);
+    free(step);
+    free(xsum);
+}

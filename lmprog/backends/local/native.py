@@ -1,0 +1,160 @@
+"""lp.Local's own AVX2 kernels (kernels.c): compiled once per machine with the system's C
+compiler into lmprog's cache, loaded with ctypes, and called on torch tensors' memory.
+
+torch has no CPU kernel that reads fewer bytes than float16 for a one-row product on an AVX2
+machine (its int8/int4 weight-only kernels were 3-6x slower than float32 here), and a decode
+step costs what its weight bytes cost to read. Where the kernels cannot be had (no C compiler,
+no AVX2, not x86, LMPROG_NATIVE=0), `kernels()` returns None and lp.Local keeps torch's
+kernels: the same answers, slower. ctypes releases the GIL during a call, so a product can be
+split across threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from lmprog.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
+SPLIT_BELOW = 1 << 20  # weights in a product under which one thread does it all
+
+
+class Kernels:
+    """Typed calls into the compiled library; tensors must be contiguous and on the CPU."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        self._gemv = library.lmk_gemv_i8
+        self._gemv.argtypes = [pointer] * 5 + [size] * 6
+        self._gemv.restype = None
+        self._scan = library.lmk_scan_q4
+        self._scan.argtypes = [pointer] * 4 + [size] * 5
+        self._scan.restype = None
+
+    def gemv_i8(
+        self,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        offset: torch.Tensor | None,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
+        """[rows, k] float32 x, [n, k] int8 weight with a scale (and offset) per group ->
+        [rows, n] float32."""
+        rows, (n, k) = x.shape[0], weight.shape
+        group = k // scale.shape[1]
+        out = torch.empty(rows, n)
+        offset_pointer = None if offset is None else offset.data_ptr()
+
+        def part(start: int, stop: int) -> None:
+            self._gemv(
+                weight.data_ptr(), scale.data_ptr(), offset_pointer, x.data_ptr(),
+                out.data_ptr(), rows, n, k, group, start, stop,
+            )  # fmt: skip
+
+        _split(part, n, n * k)
+        return out
+
+    def scan_q4(self, packed: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[rows, k] float32 x, [n, k / 2] 4-bit packed weight -> approximate [rows, n]."""
+        rows, n, k = x.shape[0], packed.shape[0], x.shape[1]
+        out = torch.empty(rows, n)
+
+        def part(start: int, stop: int) -> None:
+            self._scan(
+                packed.data_ptr(), scale.data_ptr(), x.data_ptr(), out.data_ptr(),
+                rows, n, k, start, stop,
+            )  # fmt: skip
+
+        _split(part, n, n * k)
+        return out
+
+
+def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
+    """Run `part(start, stop)` over [0, n): in slices on torch's thread count when the product
+    is big enough to repay handing slices to other threads."""
+    threads = torch.get_num_threads()
+    if threads == 1 or size < SPLIT_BELOW:
+        part(0, n)
+        return
+    bounds = [n * i // threads for i in range(threads + 1)]
+    pool = _pool(threads - 1)
+    pending = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    part(bounds[0], bounds[1])
+    for future in pending:
+        future.result()
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="lmprog-kernel")
+
+
+@functools.cache
+def kernels() -> Kernels | None:
+    """The kernels, built on first use; None where they cannot be had (logged at INFO)."""
+    why = _unusable_here()
+    if why is None:
+        try:
+            return Kernels(ctypes.CDLL(str(_built())))
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = f"building them failed: {exc}"
+    log.info("lp.Local runs torch's kernels: %s", why)
+    return None
+
+
+def _unusable_here() -> str | None:
+    if os.environ.get("LMPROG_NATIVE", "1") == "0":
+        return "LMPROG_NATIVE=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"they are x86 kernels and this is {platform.machine()}"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "this CPU has no AVX2"
+    if _compiler() is None:
+        return "no C compiler (set CC, or install gcc)"
+    return None
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
+
+
+def _built() -> Path:
+    """The compiled library in the cache, named after its source, flags and compiler, so a
+    change to any of them builds anew; written to a temporary name and renamed, so processes
+    racing to build it never load half a file."""
+    source = resources.files("lmprog.backends.local").joinpath("kernels.c").read_bytes()
+    compiler = str(_compiler())
+    digest = hashlib.sha256(source + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"lmprog-kernels-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        source_file, library = Path(work) / "kernels.c", Path(work) / "kernels.so"
+        source_file.write_bytes(source)
+        done = subprocess.run(
+            [compiler, *FLAGS, "-o", str(library), str(source_file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise OSError(f"{compiler} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        os.replace(library, target)
+    return target
