@@ -30,10 +30,11 @@ static inline __m256 int8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* rows of x (stride k) times weight rows [n0, n1): out[r * n + j]. */
+/* rows of x (stride k) times weight rows [n0, n1): out[r * n + j]. rows and g are constants
+   at each call site, so the compiler unrolls the group and keeps the sums in registers. */
 static inline void gemv_i8_rows(const int8_t *w, const float *scale, const float *offset,
-                                const float *xsum, const float *x, float *out, int rows,
-                                int64_t n, int64_t k, int64_t g, int64_t n0, int64_t n1) {
+                                const float *xsum, const float *x, float *out, const int rows,
+                                const int g, int64_t n, int64_t k, int64_t n0, int64_t n1) {
     int64_t groups = k / g;
     for (int64_t j = n0; j < n1; j++) {
         const int8_t *wj = w + j * k;
@@ -41,12 +42,15 @@ static inline void gemv_i8_rows(const int8_t *w, const float *scale, const float
         __m256 total[MAX_ROWS];
         for (int r = 0; r < rows; r++) total[r] = _mm256_setzero_ps();
         for (int64_t group = 0; group < groups; group++) {
+            const int8_t *wg = wj + group * g;
+            const float *xg = x + group * g;
             __m256 acc[MAX_ROWS];
-            for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-            for (int64_t c = group * g; c < (group + 1) * g; c += 8) {
-                __m256 wc = int8x8(wj + c);
+            __m256 first = int8x8(wg);
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_mul_ps(first, _mm256_loadu_ps(xg + r * k));
+            for (int c = 8; c < g; c += 8) {
+                __m256 wc = int8x8(wg + c);
                 for (int r = 0; r < rows; r++)
-                    acc[r] = _mm256_fmadd_ps(wc, _mm256_loadu_ps(x + r * k + c), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(wc, _mm256_loadu_ps(xg + r * k + c), acc[r]);
             }
             __m256 s = _mm256_broadcast_ss(sj + group);
             for (int r = 0; r < rows; r++) total[r] = _mm256_fmadd_ps(acc[r], s, total[r]);
@@ -62,8 +66,11 @@ static inline void gemv_i8_rows(const int8_t *w, const float *scale, const float
     }
 }
 
+#define GEMV_CASE(ROWS, G)                                                                    \
+    gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, ROWS, G, n, k, n0, n1)
+
 /* out[r, j] = sum_c x[r, c] * (scale[j, c / g] * w[j, c] + offset[j, c / g]) for r < rows,
-   n0 <= j < n1. offset may be NULL (symmetric groups). g is a multiple of 8 dividing k. */
+   n0 <= j < n1. offset may be NULL (symmetric groups). g is 16 or 32 and divides k. */
 void lmk_gemv_i8(const int8_t *w, const float *scale, const float *offset, const float *x,
                  float *out, int64_t rows, int64_t n, int64_t k, int64_t g, int64_t n0,
                  int64_t n1) {
@@ -80,12 +87,20 @@ void lmk_gemv_i8(const int8_t *w, const float *scale, const float *offset, const
     for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
         int block = rows - r0 < MAX_ROWS ? (int)(rows - r0) : MAX_ROWS;
         const float *xs = xsum == NULL ? NULL : xsum + r0 * groups;
-        /* a constant row count per call lets the compiler keep the accumulators in registers */
-        switch (block) {
-        case 1: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 1, n, k, g, n0, n1); break;
-        case 2: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 2, n, k, g, n0, n1); break;
-        case 3: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 3, n, k, g, n0, n1); break;
-        default: gemv_i8_rows(w, scale, offset, xs, x + r0 * k, out + r0 * n, 4, n, k, g, n0, n1); break;
+        if (g == 16) {
+            switch (block) {
+            case 1: GEMV_CASE(1, 16); break;
+            case 2: GEMV_CASE(2, 16); break;
+            case 3: GEMV_CASE(3, 16); break;
+            default: GEMV_CASE(4, 16); break;
+            }
+        } else {
+            switch (block) {
+            case 1: GEMV_CASE(1, 32); break;
+            case 2: GEMV_CASE(2, 32); break;
+            case 3: GEMV_CASE(3, 32); break;
+            default: GEMV_CASE(4, 32); break;
+            }
         }
     }
     free(xsum);

@@ -32,7 +32,7 @@ from lmprog.paths import cache_dir
 log = logging.getLogger(__name__)
 
 FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
-SPLIT_BELOW = 1 << 20  # weights in a product under which one thread does it all
+SPLIT_BELOW = 1 << 23  # weights in a product under which one thread does it all
 
 
 class Kernels:
