@@ -1,7 +1,8 @@
 """lp.Local's lean Gemma 3 pass (lmprog.backends.local.gemma3) against transformers' modeling
 code on the real default model: the same final hidden states for a prompt longer than the
 sliding window, for chunked prefill of padded rows, and for decode steps with and without
-left padding."""
+left padding; and packed, a decode step in lmprog's kernels against the same step in torch's
+operations."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from transformers import AutoModelForCausalLM
 from lmprog.backends.local.forward import TransformersForward, model_forward
 from lmprog.backends.local.gemma3 import Gemma3Forward
 from lmprog.backends.local.kvcache import growing_cache
+from lmprog.backends.local.native import kernels
+from lmprog.backends.local.packing import attach_groups, pack_layers
 from lmprog.backends.local.prefill import Pending, chunk_pass
 from lmprog.backends.local.weights import resolve_model
 
@@ -86,3 +89,45 @@ def test_chunked_prefill_and_padded_decode(passes: tuple[Any, Any]) -> None:
 def _pad(tensor: torch.Tensor, amount: int) -> torch.Tensor:
     heads, _, dim = tensor.shape
     return torch.cat([tensor.new_zeros((heads, amount, dim)), tensor], dim=1)
+
+
+@pytest.mark.skipif(kernels() is None, reason="lmprog's kernels cannot be built here")
+def test_decode_layers_in_lmprogs_kernels_match_the_torch_operations() -> None:
+    """Packed, a decode step's per-token work (norms, rotary, residuals, GELU) runs in
+    kernels.c; the same packed pass with torch's operations gives the same hidden states: for
+    one row past the sliding window, and for three rows padded on the left."""
+    path = resolve_model(None).path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    attach_groups(model, path)
+    lean = model_forward(model)
+    assert isinstance(lean, Gemma3Forward)
+    pack_layers(lean, model.get_output_embeddings())
+    assert lean._decode_layers() is not None
+    fused = lean._decode
+
+    def both(tokens: torch.Tensor, positions: torch.Tensor, caches: list[Any], valid: Any = None):
+        out = []
+        for decode, cache in zip((fused, []), caches, strict=True):
+            lean._decode = decode  # [] has no layer: the torch operations
+            out.append(lean(tokens, positions, cache, valid))
+        assert torch.allclose(out[0], out[1], atol=TOLERANCE), (out[0] - out[1]).abs().max()
+        return out
+
+    with torch.inference_mode():
+        caches = [growing_cache(), growing_cache()]
+        both(torch.tensor([_ids(600, 0)]), torch.arange(600)[None], caches)
+        for step in range(4):
+            both(torch.tensor([[_ids(1, step + 1)[0]]]), torch.tensor([[600 + step]]), caches)
+
+        lengths = [9, 5, 2]
+        width = max(lengths)
+        caches = [growing_cache(), growing_cache()]
+        rows = [[0] * (width - n) + _ids(n, n) for n in lengths]
+        valid = torch.tensor([[i >= width - n for i in range(width)] for n in lengths])
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        both(torch.tensor(rows), positions, caches, valid)
+        for step in range(2):
+            valid = torch.cat([valid, torch.ones(3, 1, dtype=torch.bool)], dim=1)
+            tokens = torch.tensor([[5 + step], [6], [7]])
+            at = torch.tensor([[n + step] for n in lengths])
+            both(tokens, at, caches, valid)

@@ -18,6 +18,8 @@ import torch
 from torch.nn import functional
 
 from lmprog.backends.local.groups import give_groups, groups_of, stacked
+from lmprog.backends.local.native import DecodeLayer, DecodeMatrices, DecodeNorms, kernels
+from lmprog.backends.local.packing import GroupLinear
 
 GEMMA3_TYPES = ("gemma3_text",)
 
@@ -49,6 +51,7 @@ class _Layer(torch.nn.Module):
         self.gate_up = _fused(mlp.gate_proj, mlp.up_proj)
         self.down = mlp.down_proj
         self.activation = mlp.act_fn
+        self.gelu_tanh = getattr(mlp.config, "hidden_activation", None) == "gelu_pytorch_tanh"
         heads = attention.q_proj.out_features // attention.head_dim
         kv_heads = attention.k_proj.out_features // attention.head_dim
         # q and k are normalised in one call: q's weight for each query head, then k's.
@@ -83,6 +86,7 @@ class Gemma3Forward(torch.nn.Module):
         self.rotary = decoder.rotary_emb
         self.max_positions = int(config.max_position_embeddings)
         self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._decode: list[DecodeLayer] | None = None  # built on the first decode step
 
     def forward(
         self,
@@ -96,9 +100,67 @@ class Gemma3Forward(torch.nn.Module):
         rotations = {kind: self._rotation(kind, positions) for kind in self._layer_types()}
         width = int(cache.get_seq_length()) + tokens.shape[1]
         masks = self._masks(tokens.shape[1], width, valid)
-        for index, layer in enumerate(self.layers):
-            hidden = self._layer(index, layer, hidden, rotations[layer.layer_type], cache, masks)
+        decode = self._decode_layers() if tokens.shape[1] == 1 else None
+        if decode is not None and tokens.shape[0] <= GroupLinear.KERNEL_ROWS:
+            hidden = hidden.contiguous()  # its own tensor: the decode layers add to it in place
+            for index, layer in enumerate(self.layers):
+                rotation = rotations[layer.layer_type]
+                self._decode_layer(index, layer, decode[index], hidden, rotation, cache, masks)
+        else:
+            for index, layer in enumerate(self.layers):
+                rotation = rotations[layer.layer_type]
+                hidden = self._layer(index, layer, hidden, rotation, cache, masks)
         return functional.rms_norm(hidden, self.norm.shape, self.norm, self.eps)
+
+    def _decode_layers(self) -> list[DecodeLayer] | None:
+        """The layers' per-token work in lmprog's kernels, where every layer is packed into
+        integer groups (packing.py) and uses Gemma's tanh GELU; else None (torch's ops)."""
+        if self._decode is None:
+            native = kernels()
+            decode: list[DecodeLayer] = []
+            for layer in self.layers:
+                linears = [layer.qkv, layer.o, layer.gate_up, layer.down]
+                packed = [linear for linear in linears if isinstance(linear, GroupLinear)]
+                if native is None or not layer.gelu_tanh or len(packed) < len(linears):
+                    break
+                matrices = DecodeMatrices(*(linear.groups for linear in packed))
+                norms = DecodeNorms(
+                    layer.input_norm, layer.qk_norm, layer.post_attention_norm,
+                    layer.pre_mlp_norm, layer.post_mlp_norm,
+                )  # fmt: skip
+                shape = (layer.heads, layer.kv_heads, layer.head_dim)
+                decode.append(DecodeLayer(native, matrices, norms, shape, self.eps))
+            self._decode = decode
+        return self._decode if len(self._decode) == len(self.layers) else None
+
+    def _decode_layer(
+        self,
+        index: int,
+        layer: _Layer,
+        decode: DecodeLayer,
+        hidden: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor],
+        cache: Any,
+        masks: dict[int | None, tuple[int, torch.Tensor | None]],
+    ) -> None:
+        """What _layer computes, for one new token per row, adding it to `hidden` in place."""
+        rows, dim, heads, kv_heads = hidden.shape[0], layer.head_dim, layer.heads, layer.kv_heads
+        flat = hidden.view(rows, -1)
+        cos, sin = (part.reshape(rows, dim).contiguous() for part in rotation)
+        qkv = decode.attention_in(flat, cos, sin).unsqueeze(2)  # [rows, all heads, 1, dim]
+        keys, values = cache.update(
+            qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :], index
+        )
+        start, mask = masks[layer.window]
+        attended = functional.scaled_dot_product_attention(
+            qkv[:, :heads],
+            keys[:, :, start:],
+            values[:, :, start:],
+            attn_mask=mask,
+            scale=layer.scaling,
+            enable_gqa=heads != kv_heads,
+        )
+        decode.attention_out_mlp(flat, attended.reshape(rows, heads * dim).contiguous())
 
     def _layer(
         self,

@@ -182,3 +182,98 @@ void lmk_scan_q4(const uint8_t *w, const float *scale, const float *x, float *ou
     free(step);
     free(xsum);
 }
+
+/* ----- a Gemma 3 decoder layer's per-token work, for decode steps ----------------------------
+
+   The lean pass (gemma3.py) spends more of a one-row step in ~30 small torch operations per
+   layer (norms, rotary, residuals, the activation) than in its weights. These two calls do
+   that work for up to MAX_ROWS rows in C; the KV cache append and the attention stay in
+   torch, between them. The arithmetic is the pass's own, operation for operation. */
+
+typedef struct {
+    const int8_t *w;
+    const float *scale, *offset;
+    int64_t n, k, g;
+} lmk_matrix;
+
+typedef struct {
+    lmk_matrix qkv, o, gate_up, down;
+    const float *input_norm, *qk_norm, *post_attention_norm, *pre_mlp_norm, *post_mlp_norm;
+    int64_t hidden, heads, kv_heads, dim;
+    float eps;
+} lmk_layer;
+
+static void matrix_times(const lmk_matrix *m, const float *x, float *out, int64_t rows) {
+    lmk_gemv_i8(m->w, m->scale, m->offset, x, out, rows, m->n, m->k, m->g, 0, m->n);
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * weight (weight NULL: 1), one vector of `size` */
+static void rms_norm(const float *x, const float *weight, float *out, int64_t size, float eps) {
+    float squares = 0;
+    for (int64_t i = 0; i < size; i++) squares += x[i] * x[i];
+    float inverse = 1.0f / sqrtf(squares / (float)size + eps);
+    for (int64_t i = 0; i < size; i++)
+        out[i] = weight == NULL ? x[i] * inverse : x[i] * inverse * weight[i];
+}
+
+/* q, k and v for `rows` tokens: out[rows, heads + 2 * kv_heads, dim], q and k normalised and
+   rotated by cos/sin[rows, dim]. */
+void lmk_attention_in(const lmk_layer *layer, const float *hidden, const float *cos,
+                      const float *sin, float *out, int64_t rows) {
+    int64_t size = layer->hidden, dim = layer->dim, half = dim / 2;
+    int64_t rotated = layer->heads + layer->kv_heads, width = layer->qkv.n;
+    float *x = malloc(sizeof(float) * (rows * size + dim));
+    float *normed = x + rows * size;
+    for (int64_t r = 0; r < rows; r++)
+        rms_norm(hidden + r * size, layer->input_norm, x + r * size, size, layer->eps);
+    matrix_times(&layer->qkv, x, out, rows);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = cos + r * dim, *s = sin + r * dim;
+        for (int64_t h = 0; h < rotated; h++) {
+            float *v = out + r * width + h * dim;
+            rms_norm(v, NULL, normed, dim, layer->eps);
+            const float *w = layer->qk_norm + h * dim;
+            for (int64_t i = 0; i < dim; i++) normed[i] = normed[i] * w[i];
+            for (int64_t i = 0; i < half; i++) {
+                v[i] = normed[i] * c[i] + -normed[i + half] * s[i];
+                v[i + half] = normed[i + half] * c[i + half] + normed[i] * s[i + half];
+            }
+        }
+    }
+    free(x);
+}
+
+static float gelu_tanh(float x) {
+    const float root = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(root * (x + 0.044715f * x * x * x)));
+}
+
+/* hidden[rows, size] += the attention's output projection and the MLP, each normalised, as
+   the layer adds them; attended: [rows, heads * dim]. */
+void lmk_attention_out_mlp(const lmk_layer *layer, float *hidden, const float *attended,
+                           int64_t rows) {
+    int64_t size = layer->hidden, inner = layer->gate_up.n / 2;
+    float *projected = malloc(sizeof(float) * rows * (2 * size + 3 * inner));
+    float *normed = projected + rows * size, *gate_up = normed + rows * size;
+    float *product = gate_up + rows * 2 * inner;
+    matrix_times(&layer->o, attended, projected, rows);
+    for (int64_t r = 0; r < rows; r++) {
+        float *h = hidden + r * size;
+        rms_norm(projected + r * size, layer->post_attention_norm, normed + r * size, size,
+                 layer->eps);
+        for (int64_t i = 0; i < size; i++) h[i] = h[i] + normed[r * size + i];
+        rms_norm(h, layer->pre_mlp_norm, normed + r * size, size, layer->eps);
+    }
+    matrix_times(&layer->gate_up, normed, gate_up, rows);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *gate = gate_up + r * 2 * inner, *up = gate + inner;
+        for (int64_t i = 0; i < inner; i++) product[r * inner + i] = gelu_tanh(gate[i]) * up[i];
+    }
+    matrix_times(&layer->down, product, projected, rows);
+    for (int64_t r = 0; r < rows; r++) {
+        float *h = hidden + r * size;
+        rms_norm(projected + r * size, layer->post_mlp_norm, normed + r * size, size, layer->eps);
+        for (int64_t i = 0; i < size; i++) h[i] = h[i] + normed[r * size + i];
+    }
+    free(projected);
+}

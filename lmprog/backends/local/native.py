@@ -24,14 +24,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from lmprog.backends.local.groups import IntGroups
 from lmprog.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC")
+# -ffp-contract=off: a * b + c stays two roundings, as torch computes it (not one fused op)
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
 SPLIT_BELOW = 1 << 23  # weights in a product under which one thread does it all
 
 
@@ -46,6 +49,12 @@ class Kernels:
         self._scan = library.lmk_scan_q4
         self._scan.argtypes = [pointer] * 4 + [size] * 5
         self._scan.restype = None
+        self.attention_in = library.lmk_attention_in
+        self.attention_in.argtypes = [pointer] * 5 + [size]
+        self.attention_in.restype = None
+        self.attention_out_mlp = library.lmk_attention_out_mlp
+        self.attention_out_mlp.argtypes = [pointer] * 3 + [size]
+        self.attention_out_mlp.restype = None
 
     def gemv_i8(
         self,
@@ -83,6 +92,92 @@ class Kernels:
 
         _split(part, n, n * k)
         return out
+
+
+class DecodeMatrices(NamedTuple):
+    qkv: IntGroups
+    o: IntGroups
+    gate_up: IntGroups
+    down: IntGroups
+
+
+class DecodeNorms(NamedTuple):
+    """float32 weights the norms multiply by (Gemma's 1 + weight); qk_norm: [heads + kv, dim]."""
+
+    input_norm: torch.Tensor
+    qk_norm: torch.Tensor
+    post_attention_norm: torch.Tensor
+    pre_mlp_norm: torch.Tensor
+    post_mlp_norm: torch.Tensor
+
+
+class _Matrix(ctypes.Structure):
+    _fields_ = [
+        ("w", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("offset", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("g", ctypes.c_int64),
+    ]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        *((name, _Matrix) for name in ("qkv", "o", "gate_up", "down")),
+        *((name, ctypes.c_void_p) for name in DecodeNorms._fields),
+        *((name, ctypes.c_int64) for name in ("hidden", "heads", "kv_heads", "dim")),
+        ("eps", ctypes.c_float),
+    ]
+
+
+class DecodeLayer:
+    """A Gemma 3 layer's per-token work for decode steps in two calls (kernels.c): before the
+    KV cache append and attention, and after them."""
+
+    def __init__(
+        self,
+        native: Kernels,
+        matrices: DecodeMatrices,
+        norms: DecodeNorms,
+        shape: tuple[int, int, int],
+        eps: float,
+    ) -> None:
+        heads, kv_heads, dim = shape
+        self.native, self.width = native, matrices.qkv.values.shape[0]
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        self._tensors = (matrices, [norm.contiguous() for norm in norms])  # what C points at
+        self._layer = _Layer(
+            *(_matrix(m) for m in matrices),
+            *(norm.data_ptr() for norm in self._tensors[1]),
+            int(matrices.o.values.shape[0]), heads, kv_heads, dim, eps,
+        )  # fmt: skip
+
+    def attention_in(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """[rows, hidden] and [rows, dim] -> [rows, heads + 2 kv_heads, dim]: q and k normed
+        and rotated, then v."""
+        rows = hidden.shape[0]
+        out = torch.empty(rows, self.width // self.dim, self.dim)
+        self.native.attention_in(
+            ctypes.byref(self._layer), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+            out.data_ptr(), rows,
+        )  # fmt: skip
+        return out
+
+    def attention_out_mlp(self, hidden: torch.Tensor, attended: torch.Tensor) -> None:
+        """Adds the rest of the layer to `hidden` ([rows, hidden], contiguous) in place;
+        attended: [rows, heads * dim]."""
+        self.native.attention_out_mlp(
+            ctypes.byref(self._layer), hidden.data_ptr(), attended.data_ptr(), hidden.shape[0]
+        )
+
+
+def _matrix(groups: IntGroups) -> _Matrix:
+    offset = None if groups.offset is None else groups.offset.data_ptr()
+    n, k = groups.values.shape
+    return _Matrix(groups.values.data_ptr(), groups.scale.data_ptr(), offset, n, k, groups.group)
 
 
 def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
