@@ -1,6 +1,7 @@
 """lp.Local (packed and float32 weights) next to llama-server on the same CPU, model and threads:
 decode tokens/s at 1, 4 and 16 sequences, prefill tokens/s of a ~1,000-token prompt, a
-constrained step's cost next to a free one, and greedy agreement with llama-server's tokens.
+constrained step's cost next to a free one (a regex, a JSON schema), and greedy agreement
+with llama-server's tokens.
 
 Every measurement is repeated `--repeat` times with the engines interleaved (one engine's turn,
 then the next's), so a machine that other work slows affects every engine alike; the median
@@ -16,6 +17,7 @@ instead of lp.Local's lean pass (lmprog/backends/local/gemma3.py), to measure wh
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -47,6 +49,17 @@ def words(s, i, tokens, regex):
     s += lp.gen("w", max_tokens=tokens, temperature=0, ignore_eos=True, regex=regex)
 
 
+NUMBERS = json.dumps(
+    {"type": "array", "items": {"type": "integer"}, "minItems": 24, "maxItems": 24}
+)
+
+
+@lp.function
+def numbers(s, i):
+    s += f"List number {i}: twenty-four numbers as a JSON array.\n"
+    s += lp.gen("w", max_tokens=200, temperature=0, json_schema=NUMBERS)
+
+
 @lp.function
 def prefill(s, salt):
     s += f"{salt} " + LONG + "Summary:"
@@ -70,6 +83,18 @@ def decode_speed(backend: lp.Backend, batch: int, tokens: int, regex: str | None
         if state.error() is not None:
             raise state.error()  # type: ignore[misc]
     return sum(s.get_meta_info("w")["completion_tokens"] for s in states) / elapsed
+
+
+def json_speed(backend: lp.Backend) -> float:
+    """Generated tokens/s of one request under a JSON schema (24 integers: mostly digits,
+    commas and spaces, so most steps allow few tokens)."""
+    numbers.run(0, backend=backend)  # the prompt cached, the schema compiled
+    start = time.perf_counter()
+    state = numbers.run(1, backend=backend)
+    elapsed = time.perf_counter() - start
+    if state.error() is not None:
+        raise state.error()  # type: ignore[misc]
+    return state.get_meta_info("w")["completion_tokens"] / elapsed
 
 
 def prefill_speed(backend: lp.Backend, salt: int) -> float:
@@ -124,6 +149,7 @@ def main() -> None:
         measure(f"decode x{batch}", lambda b, _r, n=batch: decode_speed(b, n, args.tokens, None))
     measure("prefill", lambda b, r: prefill_speed(b, 1000 * r + 7))
     measure("digits x1", lambda b, _r: decode_speed(b, 1, args.tokens, "[0-9 ]+"))
+    measure("json x1", lambda b, _r: json_speed(b))
     texts = {
         name: [s["w"] for s in greedy.run_batch([(p, 48) for p in PROMPTS], backend=backend)]
         for name, backend in engines.items()
@@ -140,7 +166,10 @@ def main() -> None:
     for name, row in rows.items():
         cells = [f"{statistics.median(row[label]):.1f}" for label in labels]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n(tokens/s; 'digits': one request under the regex [0-9 ]+)\n")
+    print(
+        "\n(tokens/s; 'digits': one request under the regex [0-9 ]+; 'json': one request "
+        "under a JSON schema, an array of 24 integers)\n"
+    )
     reference = texts["llama-server"]
     for name in engines:
         shared = [shared_start(a, b) for a, b in zip(texts[name], reference, strict=True)]
