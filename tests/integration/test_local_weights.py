@@ -17,6 +17,7 @@ import pytest
 from support.models import TINY_CHAT_TEMPLATE, tiny_model_dir, tiny_model_gguf
 
 import lmprog as lp
+from lmprog.backends.local.groups import GROUPS_FILE
 from lmprog.backends.local.weights import ModelFiles, resolve_model
 from lmprog.errors import LmprogError
 from lmprog.models import gemma3_270m_gguf
@@ -197,4 +198,9 @@ def test_conversion_is_fast_and_replaces_older_ones(
     assert not older.exists() and unrelated.exists()
     for name in ("config.json", "generation_config.json", "tokenizer.json", "lmprog.json"):
         assert (files.path / name).read_bytes() == (gemma_files.path / name).read_bytes(), name
-    assert took < 120  # ~10 s on 2 quiet cores; the GGUFReader-based conversion took ~40-100 s
+    from safetensors import safe_open
+
+    assert took < 120  # ~20 s on 2 quiet cores; the GGUFReader-based conversion took ~40-100 s
+    with safe_open(str(files.path / GROUPS_FILE), "pt") as groups:
+        grouped = {key.rsplit(".", 1)[0] for key in groups.keys()}  # noqa: SIM118
+    assert len(grouped) == 7 * 18  # every Linear of the 18 layers: the packed form's weights
