@@ -62,8 +62,9 @@ class Local(Backend):
     Gemma Terms of Use shipped with it).
 
     device: "cpu", "cuda", ... (default: CUDA when available). dtype: a torch dtype (default
-    float32 on CPU, bfloat16 on GPU). weights: "auto" (default) packs the weights for fbgemm
-    on an x86 CPU (float16 layers, an int8 output head rescored exactly: docs/local.md), and
+    float32 on CPU, bfloat16 on GPU). weights: "auto" (default) packs the weights on an x86
+    CPU (a GGUF's integer groups in lmprog's kernels for decode steps, fbgemm's float16 for
+    prefill, the output head scanned in 4 bits and rescored exactly: docs/local.md), and
     keeps them as loaded elsewhere; "float32" always keeps them as loaded; "packed" insists.
     cache_bytes bounds the radix KV cache; max_batch_size bounds how many requests decode
     together.
