@@ -66,7 +66,7 @@ class Kernels:
         """[rows, k] float32 x, [n, k] int8 weight with a scale (and offset) per group ->
         [rows, n] float32."""
         rows, (n, k) = x.shape[0], weight.shape
-        group = k // scale.shape[1]
+        group = _kernel_group(k // scale.shape[1])
         out = torch.empty(rows, n)
         offset_pointer = None if offset is None else offset.data_ptr()
 
@@ -177,7 +177,15 @@ class DecodeLayer:
 def _matrix(groups: IntGroups) -> _Matrix:
     offset = None if groups.offset is None else groups.offset.data_ptr()
     n, k = groups.values.shape
-    return _Matrix(groups.values.data_ptr(), groups.scale.data_ptr(), offset, n, k, groups.group)
+    group = _kernel_group(groups.group)
+    return _Matrix(groups.values.data_ptr(), groups.scale.data_ptr(), offset, n, k, group)
+
+
+def _kernel_group(group: int) -> int:
+    """lmk_gemv_i8 is compiled for the group sizes GGUF blocks have."""
+    if group not in (16, 32):
+        raise ValueError(f"lmprog's group kernel takes groups of 16 or 32 weights, not {group}")
+    return group
 
 
 def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
@@ -188,7 +196,7 @@ def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
         part(0, n)
         return
     bounds = [n * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1)
+    pool = _pool(threads - 1, os.getpid())
     pending = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, threads)]
     part(bounds[0], bounds[1])
     for future in pending:
@@ -196,7 +204,8 @@ def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process: a forked child has none of its parent's threads."""
     return ThreadPoolExecutor(workers, thread_name_prefix="lmprog-kernel")
 
 
