@@ -187,3 +187,16 @@ def test_a_program_without_a_backend_names_the_extra(core_venv: Path) -> None:
     assert kind == "LocalNotInstalledError"
     assert "pip install 'lmprog[local]'" in message
     assert "lp.LlamaCpp(url)" in message and "lp.OpenAI(model)" in message
+
+
+def test_the_installed_package_carries_lp_locals_kernel_source(core_venv: Path) -> None:
+    """lp.Local compiles kernels.c on first use (native.py): it must be in the wheel."""
+    found = venv_python(
+        core_venv,
+        """
+        from importlib import resources
+        source = resources.files("lmprog.backends.local").joinpath("kernels.c")
+        print(len(source.read_bytes()))
+        """,
+    )
+    assert int(found) > 1000
