@@ -4,6 +4,7 @@ each against the plain torch computation it replaces."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +45,30 @@ def test_the_group_kernel_multiplies_as_torch_does(rows: int, group: int, offset
 
 
 @needs_kernels
-def test_a_big_product_split_across_threads_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_a_product_split_across_the_kernels_threads_is_the_same(threads: int) -> None:
+    """The kernels' own pool splits a product's outputs across torch's thread count (and
+    grows when the count does); every split gives the one-thread result, bit for bit."""
     assert KERNELS is not None
     weights = _groups(2048, 640, 32, True)
-    x = torch.randn(1, 640)
-    alone = KERNELS.gemv_i8(weights.values, weights.scale, weights.offset, x)
-    monkeypatch.setattr(native, "SPLIT_BELOW", 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
+    packed = torch.randint(0, 256, (4096, 320), dtype=torch.uint8)
+    scale = torch.rand(4096, 10)
+    x = torch.randn(3, 640)
+    before = torch.get_num_threads()
     try:
-        split = KERNELS.gemv_i8(weights.values, weights.scale, weights.offset, x)
-    finally:
+        torch.set_num_threads(1)
+        alone = KERNELS.gemv_i8(weights.values, weights.scale, weights.offset, x)
+        scan_alone = KERNELS.scan_q4(packed, scale, x)
         torch.set_num_threads(threads)
-    assert torch.equal(alone, split)
+        for attempt in range(20):  # dispatches in a row, some after the workers went to sleep
+            if attempt % 5 == 0:
+                time.sleep(0.02)
+            assert torch.equal(
+                KERNELS.gemv_i8(weights.values, weights.scale, weights.offset, x), alone
+            )
+            assert torch.equal(KERNELS.scan_q4(packed, scale, x), scan_alone)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_kernels

@@ -10,12 +10,16 @@
      times int8-quantized rows. Only its ranking is used: the best candidates are rescored
      exactly afterwards (head.py).
 
-   Each computes output columns [n0, n1), so callers can split one product across threads. */
+   Each computes output columns [n0, n1); the *_threads forms split the columns across a pool
+   of threads of their own (below), as torch splits its products across its threads. */
 
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define MAX_ROWS 4 /* activation rows computed per pass over the weights */
 
@@ -183,6 +187,146 @@ void lmk_scan_q4(const uint8_t *w, const float *scale, const float *x, float *ou
     free(xsum);
 }
 
+/* ----- a pool of threads for splitting one product ----------------------------------------
+
+   A decode step makes ~80 products of 0.05-0.5 ms each, so handing out work must cost
+   microseconds: workers spin on a generation counter for a while after each task (~2 ms),
+   then sleep on a condition variable. One caller at a time uses the pool (callers queue on
+   `dispatching`); a forked child starts a pool of its own. */
+
+#define MAX_THREADS 64
+#define SPINS 30000
+#define MIN_PART 65536 /* weights a thread is worth handing at least */
+
+typedef void (*part_fn)(const void *task, int64_t start, int64_t stop);
+
+static pthread_mutex_t dispatching = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t sleeping = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static atomic_long generation;
+static atomic_int finished;
+static part_fn pool_fn;
+static const void *pool_task;
+static int64_t pool_n, pool_parts;
+static int pool_workers;
+static pid_t pool_pid;
+
+typedef struct {
+    int part;
+    long seen;
+} worker_start;
+
+static void run_part(int part) {
+    if (part >= pool_parts) return;
+    int64_t start = pool_n * part / pool_parts, stop = pool_n * (part + 1) / pool_parts;
+    if (start < stop) pool_fn(pool_task, start, stop);
+}
+
+static void *worker(void *arg) {
+    worker_start begin = *(worker_start *)arg;
+    free(arg);
+    long seen = begin.seen;
+    for (;;) {
+        long now;
+        int spins = 0;
+        while ((now = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
+            if (++spins < SPINS) {
+                _mm_pause();
+                continue;
+            }
+            pthread_mutex_lock(&sleeping);
+            while ((now = atomic_load_explicit(&generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&wake, &sleeping);
+            pthread_mutex_unlock(&sleeping);
+            break;
+        }
+        seen = now;
+        run_part(begin.part);
+        atomic_fetch_add_explicit(&finished, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* fn(task, start, stop) over [0, n) in `threads` parts, this thread doing the first. */
+static void parallel(part_fn fn, const void *task, int64_t n, int64_t threads, int64_t work) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > work / MIN_PART) threads = work / MIN_PART;
+    if (threads > n) threads = n;
+    if (threads <= 1) {
+        fn(task, 0, n);
+        return;
+    }
+    pthread_mutex_lock(&dispatching);
+    if (pool_pid != getpid()) { /* a forked child: its parent's workers are not here */
+        pool_pid = getpid();
+        pool_workers = 0;
+    }
+    long current = atomic_load(&generation);
+    while (pool_workers < threads - 1) {
+        worker_start *begin = malloc(sizeof(worker_start));
+        pthread_t thread;
+        begin->part = pool_workers + 1;
+        begin->seen = current;
+        if (pthread_create(&thread, NULL, worker, begin) != 0) {
+            free(begin);
+            break;
+        }
+        pthread_detach(thread);
+        pool_workers++;
+    }
+    pool_fn = fn;
+    pool_task = task;
+    pool_n = n;
+    pool_parts = threads < pool_workers + 1 ? threads : pool_workers + 1;
+    atomic_store_explicit(&finished, 0, memory_order_relaxed);
+    pthread_mutex_lock(&sleeping);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&sleeping);
+    run_part(0);
+    while (atomic_load_explicit(&finished, memory_order_acquire) < pool_workers) _mm_pause();
+    pthread_mutex_unlock(&dispatching);
+}
+
+typedef struct {
+    const int8_t *w;
+    const float *scale, *offset, *x;
+    float *out;
+    int64_t rows, n, k, g;
+} gemv_task;
+
+static void gemv_part(const void *task, int64_t start, int64_t stop) {
+    const gemv_task *t = task;
+    lmk_gemv_i8(t->w, t->scale, t->offset, t->x, t->out, t->rows, t->n, t->k, t->g, start, stop);
+}
+
+/* lmk_gemv_i8 over all n columns, on up to `threads` threads. */
+void lmk_gemv_i8_threads(const int8_t *w, const float *scale, const float *offset,
+                         const float *x, float *out, int64_t rows, int64_t n, int64_t k,
+                         int64_t g, int64_t threads) {
+    gemv_task task = {w, scale, offset, x, out, rows, n, k, g};
+    parallel(gemv_part, &task, n, threads, n * k);
+}
+
+typedef struct {
+    const uint8_t *w;
+    const float *scale, *x;
+    float *out;
+    int64_t rows, n, k;
+} scan_task;
+
+static void scan_part(const void *task, int64_t start, int64_t stop) {
+    const scan_task *t = task;
+    lmk_scan_q4(t->w, t->scale, t->x, t->out, t->rows, t->n, t->k, start, stop);
+}
+
+/* lmk_scan_q4 over all n rows of the head, on up to `threads` threads. */
+void lmk_scan_q4_threads(const uint8_t *w, const float *scale, const float *x, float *out,
+                         int64_t rows, int64_t n, int64_t k, int64_t threads) {
+    scan_task task = {w, scale, x, out, rows, n, k};
+    parallel(scan_part, &task, n, threads, n * k);
+}
+
 /* ----- a Gemma 3 decoder layer's per-token work, for decode steps ----------------------------
 
    The lean pass (gemma3.py) spends more of a one-row step in ~30 small torch operations per
@@ -203,8 +347,9 @@ typedef struct {
     float eps;
 } lmk_layer;
 
-static void matrix_times(const lmk_matrix *m, const float *x, float *out, int64_t rows) {
-    lmk_gemv_i8(m->w, m->scale, m->offset, x, out, rows, m->n, m->k, m->g, 0, m->n);
+static void matrix_times(const lmk_matrix *m, const float *x, float *out, int64_t rows,
+                         int64_t threads) {
+    lmk_gemv_i8_threads(m->w, m->scale, m->offset, x, out, rows, m->n, m->k, m->g, threads);
 }
 
 /* out = x / sqrt(mean(x^2) + eps) * weight (weight NULL: 1), one vector of `size` */
@@ -219,14 +364,14 @@ static void rms_norm(const float *x, const float *weight, float *out, int64_t si
 /* q, k and v for `rows` tokens: out[rows, heads + 2 * kv_heads, dim], q and k normalised and
    rotated by cos/sin[rows, dim]. */
 void lmk_attention_in(const lmk_layer *layer, const float *hidden, const float *cos,
-                      const float *sin, float *out, int64_t rows) {
+                      const float *sin, float *out, int64_t rows, int64_t threads) {
     int64_t size = layer->hidden, dim = layer->dim, half = dim / 2;
     int64_t rotated = layer->heads + layer->kv_heads, width = layer->qkv.n;
     float *x = malloc(sizeof(float) * (rows * size + dim));
     float *normed = x + rows * size;
     for (int64_t r = 0; r < rows; r++)
         rms_norm(hidden + r * size, layer->input_norm, x + r * size, size, layer->eps);
-    matrix_times(&layer->qkv, x, out, rows);
+    matrix_times(&layer->qkv, x, out, rows, threads);
     for (int64_t r = 0; r < rows; r++) {
         const float *c = cos + r * dim, *s = sin + r * dim;
         for (int64_t h = 0; h < rotated; h++) {
@@ -251,12 +396,12 @@ static float gelu_tanh(float x) {
 /* hidden[rows, size] += the attention's output projection and the MLP, each normalised, as
    the layer adds them; attended: [rows, heads * dim]. */
 void lmk_attention_out_mlp(const lmk_layer *layer, float *hidden, const float *attended,
-                           int64_t rows) {
+                           int64_t rows, int64_t threads) {
     int64_t size = layer->hidden, inner = layer->gate_up.n / 2;
     float *projected = malloc(sizeof(float) * rows * (2 * size + 3 * inner));
     float *normed = projected + rows * size, *gate_up = normed + rows * size;
     float *product = gate_up + rows * 2 * inner;
-    matrix_times(&layer->o, attended, projected, rows);
+    matrix_times(&layer->o, attended, projected, rows, threads);
     for (int64_t r = 0; r < rows; r++) {
         float *h = hidden + r * size;
         rms_norm(projected + r * size, layer->post_attention_norm, normed + r * size, size,
@@ -264,12 +409,12 @@ void lmk_attention_out_mlp(const lmk_layer *layer, float *hidden, const float *a
         for (int64_t i = 0; i < size; i++) h[i] = h[i] + normed[r * size + i];
         rms_norm(h, layer->pre_mlp_norm, normed + r * size, size, layer->eps);
     }
-    matrix_times(&layer->gate_up, normed, gate_up, rows);
+    matrix_times(&layer->gate_up, normed, gate_up, rows, threads);
     for (int64_t r = 0; r < rows; r++) {
         const float *gate = gate_up + r * 2 * inner, *up = gate + inner;
         for (int64_t i = 0; i < inner; i++) product[r * inner + i] = gelu_tanh(gate[i]) * up[i];
     }
-    matrix_times(&layer->down, product, projected, rows);
+    matrix_times(&layer->down, product, projected, rows, threads);
     for (int64_t r = 0; r < rows; r++) {
         float *h = hidden + r * size;
         rms_norm(projected + r * size, layer->post_mlp_norm, normed + r * size, size, layer->eps);

@@ -5,8 +5,8 @@ torch has no CPU kernel that reads fewer bytes than float16 for a one-row produc
 machine (its int8/int4 weight-only kernels were 3-6x slower than float32 here), and a decode
 step costs what its weight bytes cost to read. Where the kernels cannot be had (no C compiler,
 no AVX2, not x86, LMPROG_NATIVE=0), `kernels()` returns None and lp.Local keeps torch's
-kernels: the same answers, slower. ctypes releases the GIL during a call, so a product can be
-split across threads.
+kernels: the same answers, slower. A product is split across torch's thread count by the
+kernels' own thread pool.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +33,6 @@ log = logging.getLogger(__name__)
 
 # -ffp-contract=off: a * b + c stays two roundings, as torch computes it (not one fused op)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
-SPLIT_BELOW = 1 << 23  # weights in a product under which one thread does it all
 
 
 class Kernels:
@@ -43,17 +40,17 @@ class Kernels:
 
     def __init__(self, library: ctypes.CDLL) -> None:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        self._gemv = library.lmk_gemv_i8
-        self._gemv.argtypes = [pointer] * 5 + [size] * 6
+        self._gemv = library.lmk_gemv_i8_threads
+        self._gemv.argtypes = [pointer] * 5 + [size] * 5
         self._gemv.restype = None
-        self._scan = library.lmk_scan_q4
-        self._scan.argtypes = [pointer] * 4 + [size] * 5
+        self._scan = library.lmk_scan_q4_threads
+        self._scan.argtypes = [pointer] * 4 + [size] * 4
         self._scan.restype = None
         self.attention_in = library.lmk_attention_in
-        self.attention_in.argtypes = [pointer] * 5 + [size]
+        self.attention_in.argtypes = [pointer] * 5 + [size] * 2
         self.attention_in.restype = None
         self.attention_out_mlp = library.lmk_attention_out_mlp
-        self.attention_out_mlp.argtypes = [pointer] * 3 + [size]
+        self.attention_out_mlp.argtypes = [pointer] * 3 + [size] * 2
         self.attention_out_mlp.restype = None
 
     def gemv_i8(
@@ -64,33 +61,24 @@ class Kernels:
         x: torch.Tensor,
     ) -> torch.Tensor:
         """[rows, k] float32 x, [n, k] int8 weight with a scale (and offset) per group ->
-        [rows, n] float32."""
+        [rows, n] float32, on torch's thread count."""
         rows, (n, k) = x.shape[0], weight.shape
         group = _kernel_group(k // scale.shape[1])
         out = torch.empty(rows, n)
-        offset_pointer = None if offset is None else offset.data_ptr()
-
-        def part(start: int, stop: int) -> None:
-            self._gemv(
-                weight.data_ptr(), scale.data_ptr(), offset_pointer, x.data_ptr(),
-                out.data_ptr(), rows, n, k, group, start, stop,
-            )  # fmt: skip
-
-        _split(part, n, n * k)
+        self._gemv(
+            weight.data_ptr(), scale.data_ptr(), None if offset is None else offset.data_ptr(),
+            x.data_ptr(), out.data_ptr(), rows, n, k, group, torch.get_num_threads(),
+        )  # fmt: skip
         return out
 
     def scan_q4(self, packed: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """[rows, k] float32 x, [n, k / 2] 4-bit packed weight -> approximate [rows, n]."""
         rows, n, k = x.shape[0], packed.shape[0], x.shape[1]
         out = torch.empty(rows, n)
-
-        def part(start: int, stop: int) -> None:
-            self._scan(
-                packed.data_ptr(), scale.data_ptr(), x.data_ptr(), out.data_ptr(),
-                rows, n, k, start, stop,
-            )  # fmt: skip
-
-        _split(part, n, n * k)
+        self._scan(
+            packed.data_ptr(), scale.data_ptr(), x.data_ptr(), out.data_ptr(),
+            rows, n, k, torch.get_num_threads(),
+        )  # fmt: skip
         return out
 
 
@@ -162,7 +150,7 @@ class DecodeLayer:
         out = torch.empty(rows, self.width // self.dim, self.dim)
         self.native.attention_in(
             ctypes.byref(self._layer), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-            out.data_ptr(), rows,
+            out.data_ptr(), rows, torch.get_num_threads(),
         )  # fmt: skip
         return out
 
@@ -170,7 +158,11 @@ class DecodeLayer:
         """Adds the rest of the layer to `hidden` ([rows, hidden], contiguous) in place;
         attended: [rows, heads * dim]."""
         self.native.attention_out_mlp(
-            ctypes.byref(self._layer), hidden.data_ptr(), attended.data_ptr(), hidden.shape[0]
+            ctypes.byref(self._layer),
+            hidden.data_ptr(),
+            attended.data_ptr(),
+            hidden.shape[0],
+            torch.get_num_threads(),
         )
 
 
@@ -186,27 +178,6 @@ def _kernel_group(group: int) -> int:
     if group not in (16, 32):
         raise ValueError(f"lmprog's group kernel takes groups of 16 or 32 weights, not {group}")
     return group
-
-
-def _split(part: Callable[[int, int], None], n: int, size: int) -> None:
-    """Run `part(start, stop)` over [0, n): in slices on torch's thread count when the product
-    is big enough to repay handing slices to other threads."""
-    threads = torch.get_num_threads()
-    if threads == 1 or size < SPLIT_BELOW:
-        part(0, n)
-        return
-    bounds = [n * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1, os.getpid())
-    pending = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    part(bounds[0], bounds[1])
-    for future in pending:
-        future.result()
-
-
-@functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """One pool per process: a forked child has none of its parent's threads."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="lmprog-kernel")
 
 
 @functools.cache
