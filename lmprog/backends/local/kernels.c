@@ -190,7 +190,7 @@ void lmk_scan_q4(const uint8_t *w, const float *scale, const float *x, float *ou
 /* ----- a pool of threads for splitting one product ----------------------------------------
 
    A decode step makes ~80 products of 0.05-0.5 ms each, so handing out work must cost
-   microseconds: workers spin on a generation counter for a while after each task (~2 ms),
+   microseconds: workers spin on a generation counter after each task (SPINS pauses, ~1 ms),
    then sleep on a condition variable. One caller at a time uses the pool (callers queue on
    `dispatching`); a forked child starts a pool of its own. */
 
