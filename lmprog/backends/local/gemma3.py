@@ -114,7 +114,8 @@ class Gemma3Forward(torch.nn.Module):
 
     def _decode_layers(self) -> list[DecodeLayer] | None:
         """The layers' per-token work in lmprog's kernels, where every layer is packed into
-        integer groups (packing.py) and uses Gemma's tanh GELU; else None (torch's ops)."""
+        integer groups (packing.py), has no biases and uses Gemma's tanh GELU; else None
+        (torch's operations)."""
         if self._decode is None:
             native = kernels()
             decode: list[DecodeLayer] = []
@@ -122,6 +123,8 @@ class Gemma3Forward(torch.nn.Module):
                 linears = [layer.qkv, layer.o, layer.gate_up, layer.down]
                 packed = [linear for linear in linears if isinstance(linear, GroupLinear)]
                 if native is None or not layer.gelu_tanh or len(packed) < len(linears):
+                    break
+                if any(linear.bias is not None for linear in packed):  # kernels.c adds none
                     break
                 matrices = DecodeMatrices(*(linear.groups for linear in packed))
                 norms = DecodeNorms(
