@@ -85,15 +85,17 @@ def stacked(parts: list[IntGroups | None]) -> IntGroups | None:
     )
 
 
-def from_gguf(blocks: np.ndarray, kind: Any, rows: int) -> IntGroups | None:
-    """`blocks`: a tensor's raw bytes (any shape); None for a type that is not such groups, or
-    whose groups do not rebuild gguf's values exactly."""
+def from_gguf(blocks: np.ndarray, kind: Any, dequantized: np.ndarray) -> IntGroups | None:
+    """`blocks`: a tensor's raw bytes (any shape); `dequantized`: gguf's `dequantize` of them
+    ([rows, columns], which the conversion has made already). None for a type that is not such
+    groups, or whose groups do not rebuild those values exactly."""
     import numpy as np
     import torch
     from gguf import GGMLQuantizationType as Type
     from gguf import quants
     from gguf.constants import GGML_QUANT_SIZES
 
+    rows = int(dequantized.shape[0])
     block_size, type_size = GGML_QUANT_SIZES[kind]
     raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(-1, type_size)
     unit = raw.copy()
@@ -125,8 +127,10 @@ def from_gguf(blocks: np.ndarray, kind: Any, rows: int) -> IntGroups | None:
     if offset is not None:
         offset = np.asarray(offset, dtype=np.float32).reshape(rows, -1)
         rebuilt = rebuilt + offset[..., None]
-    exact = decode.dequantize_blocks(raw).reshape(rebuilt.shape)
-    if not np.array_equal(rebuilt, exact) or np.abs(values).max() > 127:
+    if (
+        not np.array_equal(rebuilt, dequantized.reshape(rebuilt.shape))
+        or np.abs(values).max() > 127
+    ):
         return None
     return IntGroups(
         torch.from_numpy(values.astype(np.int8)),

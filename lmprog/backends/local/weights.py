@@ -366,7 +366,8 @@ def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...])
     parsed: dict[str, Any] = {"config": config_dict, "tensors": tensors}
     for tensor in gguf.tensors:
         kind = GGMLQuantizationType(tensor.ggml_type)
-        weights = dequantize(gguf.data(tensor), kind)
+        blocks = gguf.data(tensor)
+        weights = dequantize(blocks, kind)
         result = processor.process(
             weights=weights, name=tensor.name, tensor_key_mapping=names, parsed_parameters=parsed
         )
@@ -375,7 +376,7 @@ def _save_weights(gguf: _GgufFile, folder: Path, eos_token_ids: tuple[int, ...])
             values = torch.from_numpy(np.ascontiguousarray(result.weights, dtype=np.float32))
             tensors[name] = _stored(values, kind)
             if name in linear_weights and result.weights is weights:  # not rearranged
-                grouped = from_gguf(gguf.data(tensor), kind, int(values.shape[0]))
+                grouped = from_gguf(blocks, kind, weights)
                 if grouped is not None:
                     integer_groups[name] = grouped
 
