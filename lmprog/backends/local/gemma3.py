@@ -154,15 +154,7 @@ class Gemma3Forward(torch.nn.Module):
         keys, values = cache.update(
             qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :], index
         )
-        start, mask = masks[layer.window]
-        attended = functional.scaled_dot_product_attention(
-            qkv[:, :heads],
-            keys[:, :, start:],
-            values[:, :, start:],
-            attn_mask=mask,
-            scale=layer.scaling,
-            enable_gqa=heads != kv_heads,
-        )
+        attended = _attend(layer, qkv[:, :heads], keys, values, masks)
         decode.attention_out_mlp(flat, attended.reshape(rows, heads * dim).contiguous())
 
     def _layer(
@@ -187,15 +179,7 @@ class Gemma3Forward(torch.nn.Module):
         qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
         values = qkv[:, :, heads + kv_heads :].transpose(1, 2)
         keys, values = cache.update(qk[:, heads:], values, index)
-        start, mask = masks[layer.window]
-        attended = functional.scaled_dot_product_attention(
-            qk[:, :heads],
-            keys[:, :, start:],
-            values[:, :, start:],
-            attn_mask=mask,
-            scale=layer.scaling,
-            enable_gqa=heads != kv_heads,
-        )
+        attended = _attend(layer, qk[:, :heads], keys, values, masks)
         attended = layer.o(attended.transpose(1, 2).reshape(rows, new, heads * dim))
         norm = layer.post_attention_norm
         hidden = hidden + functional.rms_norm(attended, norm.shape, norm, self.eps)
@@ -244,6 +228,26 @@ class Gemma3Forward(torch.nn.Module):
             table = self._tables[kind] = (cos[0], sin[0])
         cos, sin = table
         return cos[positions][:, None], sin[positions][:, None]
+
+
+def _attend(
+    layer: _Layer,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    masks: dict[int | None, tuple[int, torch.Tensor | None]],
+) -> torch.Tensor:
+    """Attention over the cache columns the layer's window and the masks leave:
+    [rows, heads, new, dim]."""
+    start, mask = masks[layer.window]
+    return functional.scaled_dot_product_attention(
+        queries,
+        keys[:, :, start:],
+        values[:, :, start:],
+        attn_mask=mask,
+        scale=layer.scaling,
+        enable_gqa=layer.heads != layer.kv_heads,
+    )
 
 
 def _fused(*linears: torch.nn.Linear) -> torch.nn.Linear:
