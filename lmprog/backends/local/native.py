@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,19 +39,10 @@ class Kernels:
     """Typed calls into the compiled library; tensors must be contiguous and on the CPU."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
-        self._gemv = library.lmk_gemv_i8_threads
-        self._gemv.argtypes = [pointer] * 5 + [size] * 5
-        self._gemv.restype = None
-        self._scan = library.lmk_scan_q4_threads
-        self._scan.argtypes = [pointer] * 4 + [size] * 4
-        self._scan.restype = None
-        self.attention_in = library.lmk_attention_in
-        self.attention_in.argtypes = [pointer] * 5 + [size] * 2
-        self.attention_in.restype = None
-        self.attention_out_mlp = library.lmk_attention_out_mlp
-        self.attention_out_mlp.argtypes = [pointer] * 3 + [size] * 2
-        self.attention_out_mlp.restype = None
+        self._gemv = _declared(library.lmk_gemv_i8_threads, pointers=5, sizes=5)
+        self._scan = _declared(library.lmk_scan_q4_threads, pointers=4, sizes=4)
+        self.attention_in = _declared(library.lmk_attention_in, pointers=5, sizes=2)
+        self.attention_out_mlp = _declared(library.lmk_attention_out_mlp, pointers=3, sizes=2)
 
     def gemv_i8(
         self,
@@ -80,6 +71,14 @@ class Kernels:
             rows, n, k, torch.get_num_threads(),
         )  # fmt: skip
         return out
+
+
+def _declared(function: Any, *, pointers: int, sizes: int) -> Any:
+    """A C function of kernels.c taking `pointers` pointers, then `sizes` int64s, returning
+    nothing."""
+    function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * sizes
+    function.restype = None
+    return function
 
 
 class DecodeMatrices(NamedTuple):
